@@ -1,0 +1,90 @@
+// The libp2p half of a Mesh node: transports, encryption, muxing, and the services every node runs.
+// Kept as a plain options factory so the node, the tests and the benchmarks assemble nodes alike.
+import { noise } from '@chainsafe/libp2p-noise'
+import { yamux } from '@chainsafe/libp2p-yamux'
+import { gossipsub } from '@libp2p/gossipsub'
+import { identify, identifyPush } from '@libp2p/identify'
+import { kadDHT, passthroughMapper } from '@libp2p/kad-dht'
+import { ping } from '@libp2p/ping'
+import { tcp } from '@libp2p/tcp'
+import type { GossipSub } from '@libp2p/gossipsub'
+import type { Identify, IdentifyPush } from '@libp2p/identify'
+import type { ConnectionGater, PrivateKey, ServiceMap, Transport } from '@libp2p/interface'
+import type { KadDHT } from '@libp2p/kad-dht'
+import type { Ping } from '@libp2p/ping'
+import type { Datastore } from 'interface-datastore'
+import type { Libp2pOptions } from 'libp2p'
+
+export interface MeshServices extends ServiceMap {
+  identify: Identify
+  identifyPush: IdentifyPush
+  ping: Ping
+  dht: KadDHT
+  pubsub?: GossipSub
+}
+
+export interface Libp2pInit {
+  privateKey: PrivateKey
+  /** Network name: every Mesh protocol, the DHT's included, lives under `/mesh/<network>/`. */
+  network: string
+  listen: string[]
+  datastore?: Datastore
+  /** Gossipsub is the transport of documents and announcements; the DHT benchmark leaves it out. */
+  gossip?: boolean
+  connectionGater?: ConnectionGater
+  /** Replaces TCP, for simulations on `@libp2p/memory`. */
+  transports?: Array<(components: any) => Transport>
+}
+
+/** The protocol prefix of a network: `/mesh/<network>`. */
+export function protocolPrefix (network: string): string {
+  return `/mesh/${network}`
+}
+
+export function dhtProtocol (network: string): string {
+  return `${protocolPrefix(network)}/kad/1.0.0`
+}
+
+export function libp2pOptions (init: Libp2pInit): Libp2pOptions<MeshServices> {
+  const services: Record<string, any> = {
+    identify: identify(),
+    identifyPush: identifyPush(),
+    // The connection monitor and the DHT both ping; with ping's default of one outbound stream per
+    // connection they collide, and the monitor then aborts a healthy connection.
+    ping: ping({ maxInboundStreams: 16, maxOutboundStreams: 16 }),
+    dht: kadDHT({
+      protocol: dhtProtocol(init.network),
+      datastorePrefix: `/dht/${init.network}`,
+      // A private or community mesh runs on LAN and loopback addresses: keep them, and answer
+      // queries from the start (kad-dht otherwise waits for a public address before serving).
+      peerInfoMapper: passthroughMapper,
+      clientMode: false,
+      // A node's first peers come from its bootstrap list; start querying as soon as it has one.
+      initialQuerySelfInterval: 500
+    })
+  }
+  if (init.gossip !== false) {
+    services.pubsub = gossipsub({ emitSelf: false, allowPublishToZeroTopicPeers: true })
+  }
+  return {
+    privateKey: init.privateKey,
+    datastore: init.datastore,
+    connectionGater: init.connectionGater,
+    addresses: { listen: init.listen },
+    transports: init.transports ?? [tcp()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    connectionManager: {
+      // libp2p rejects a host that opens more than `inboundConnectionThreshold` connections a
+      // second (default 5). On a LAN, behind a NAT or on loopback many peers share one address,
+      // so a seed that a whole site joins through would reset most of them. Mesh admits peers by
+      // key (Noise) and, in community networks, by credential, so the per-host rate limit only
+      // guards against floods: allow bursts of a few hundred.
+      inboundConnectionThreshold: 500,
+      maxIncomingPendingConnections: 100,
+      maxConnections: 500,
+      dialTimeout: 10_000
+    },
+    services: services as any
+  }
+}

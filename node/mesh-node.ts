@@ -1,0 +1,295 @@
+// A running Mesh node: libp2p (DHT, gossip) and Helia on one host, a repo on disk, and the little
+// policy a private mesh needs: stay inside your network, keep enough peers to stay routable.
+import { withBitswap } from '@helia/bitswap'
+import { withLibp2pLight } from '@helia/libp2p'
+import * as dagCbor from '@ipld/dag-cbor'
+import * as dagJson from '@ipld/dag-json'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { multiaddr } from '@multiformats/multiaddr'
+import { FsBlockstore } from 'blockstore-fs'
+import { MemoryBlockstore } from 'blockstore-core'
+import { MemoryDatastore } from 'datastore-core'
+import { FsDatastore } from 'datastore-fs'
+import { createHeliaLight } from 'helia'
+import * as json from 'multiformats/codecs/json'
+import { didFromPeerId } from '../identity/did-key.ts'
+import { dhtProtocol, libp2pOptions, protocolPrefix } from './libp2p.ts'
+import { UserError } from './errors.ts'
+import type { MeshServices } from './libp2p.ts'
+import type { HeliaWithLibp2p } from '@helia/libp2p'
+import type { Connection, PeerId, PrivateKey } from '@libp2p/interface'
+import type { Multiaddr } from '@multiformats/multiaddr'
+import type { Libp2p } from 'libp2p'
+
+export interface MeshNodeInit {
+  privateKey: PrivateKey
+  network?: string
+  listen?: string[]
+  bootstrap?: string[]
+  region?: string
+  /** Where blocks and the datastore live; omitted, they stay in memory (simulations). */
+  storePath?: { blocks: string, datastore: string }
+  gossip?: boolean
+  /** Keep at least this many connections, dialing peers from the routing table. Default 8. */
+  minPeers?: number
+}
+
+export interface PeerEntry {
+  peerId: string
+  did: string
+  address: string
+  direction: 'inbound' | 'outbound'
+  rttMs?: number
+  authenticated: boolean
+}
+
+export interface NodeIdentity {
+  peerId: string
+  did: string
+  network: string
+  addresses: string[]
+  protocols: string[]
+  region?: string
+}
+
+export interface FoundPeer {
+  peerId: string
+  did: string
+  addresses: string[]
+  /** Peers that answered the lookup before it found the target. */
+  queried: number
+  ms: number
+}
+
+export class MeshNode {
+  readonly network: string
+  readonly helia: HeliaWithLibp2p<MeshServices>
+  readonly region?: string
+  /** Counters for the metrics endpoint; reasons are label values. */
+  readonly counters = { peersRejected: new Map<string, number>() }
+  private readonly bootstrap: Multiaddr[]
+  private readonly minPeers: number
+  private readonly blockstore: FsBlockstore | MemoryBlockstore
+  private readonly datastore: FsDatastore | MemoryDatastore
+  /** Peers refused (wrong network, failed membership), by peer ID, until a time (ms). */
+  private readonly denied = new Map<string, number>()
+  private keeper?: ReturnType<typeof setInterval>
+  private stopping = false
+
+  constructor (init: MeshNodeInit) {
+    this.network = init.network ?? 'default'
+    this.region = init.region
+    this.minPeers = init.minPeers ?? 8
+    this.bootstrap = (init.bootstrap ?? []).map(parseMultiaddr)
+    this.blockstore = init.storePath != null ? new FsBlockstore(init.storePath.blocks) : new MemoryBlockstore()
+    this.datastore = init.storePath != null ? new FsDatastore(init.storePath.datastore) : new MemoryDatastore()
+    const options = libp2pOptions({
+      privateKey: init.privateKey,
+      network: this.network,
+      listen: init.listen ?? ['/ip4/127.0.0.1/tcp/0'],
+      gossip: init.gossip,
+      connectionGater: {
+        denyDialPeer: (peer) => this.isDenied(peer),
+        denyInboundEncryptedConnection: (peer) => this.isDenied(peer),
+        denyOutboundEncryptedConnection: (peer) => this.isDenied(peer)
+      }
+    })
+    const helia = createHeliaLight({
+      blockstore: this.blockstore,
+      datastore: this.datastore,
+      codecs: [dagCbor, dagJson, json]
+    })
+    this.helia = withBitswap(withLibp2pLight(helia, options), {
+      protocol: `${protocolPrefix(this.network)}/bitswap/1.2.0`
+    }) as HeliaWithLibp2p<MeshServices>
+  }
+
+  get libp2p (): Libp2p<MeshServices> {
+    return this.helia.libp2p
+  }
+
+  get peerId (): PeerId {
+    return this.helia.libp2p.peerId
+  }
+
+  get did (): string {
+    return didFromPeerId(this.peerId)
+  }
+
+  async start (): Promise<void> {
+    if ('open' in this.blockstore) await this.blockstore.open()
+    if ('open' in this.datastore) await this.datastore.open()
+    try {
+      await this.helia.start()
+    } catch (err: any) {
+      await this.stop().catch(() => {})
+      if (err.code === 'EADDRINUSE' || /EADDRINUSE/.test(err.message)) {
+        const addr = /(\/\S+): Error: listen EADDRINUSE/.exec(err.message)?.[1]
+        throw new UserError(`cannot listen on ${addr ?? 'a listen address'}: address already in use`)
+      }
+      throw err
+    }
+    // Identify answers with the protocols of our own peer-store entry, which protocol handlers
+    // registered during start update concurrently; on a disk datastore an update can be lost
+    // (bitswap went missing after a restart). Set the entry from the registrar once all are in,
+    // and identify-push tells peers that connected meanwhile.
+    await this.libp2p.peerStore.patch(this.peerId, { protocols: this.libp2p.getProtocols() })
+    this.libp2p.addEventListener('peer:identify', (evt) => {
+      const { connection, protocols } = evt.detail
+      // Mesh nodes talk only to nodes of their own network: one that does not speak this network's
+      // DHT protocol is another network (or not Mesh at all), and is hung up on.
+      if (!protocols.includes(dhtProtocol(this.network))) {
+        void this.refuse(connection.remotePeer, 'wrong-network')
+      }
+    })
+    await this.dialBootstrap()
+    this.keeper = setInterval(() => { void this.keepPeers() }, 10_000)
+    this.keeper.unref()
+  }
+
+  private isDenied (peer: PeerId): boolean {
+    const until = this.denied.get(peer.toString())
+    if (until == null) return false
+    if (until > Date.now()) return true
+    this.denied.delete(peer.toString())
+    return false
+  }
+
+  /**
+   * Keeps a peer out: hangs up, forgets it (so our DHT never hands out its addresses) and refuses
+   * it for `forMs`. Counted by reason.
+   */
+  async refuse (peer: PeerId, reason: string, forMs = 10 * 60_000): Promise<void> {
+    this.counters.peersRejected.set(reason, (this.counters.peersRejected.get(reason) ?? 0) + 1)
+    this.denied.set(peer.toString(), Date.now() + forMs)
+    await this.libp2p.hangUp(peer).catch(() => {})
+    await this.libp2p.peerStore.delete(peer).catch(() => {})
+  }
+
+  private async dialBootstrap (): Promise<void> {
+    await Promise.all(this.bootstrap.map(async (ma) => {
+      try {
+        await this.libp2p.dial(ma, { signal: AbortSignal.timeout(10_000) })
+      } catch (err: any) {
+        process.emitWarning(`bootstrap ${ma} unreachable: ${err.message}`)
+      }
+    }))
+    await this.keepPeers()
+  }
+
+  /**
+   * Keeps the node routable without its seed: when it has fewer than `minPeers` connections it
+   * dials peers it already knows (routing table, then the peer store on disk, which outlives a
+   * restart) and, if it still has none, its bootstrap list again.
+   */
+  private async keepPeers (): Promise<void> {
+    if (this.stopping) return
+    await Promise.all(this.libp2p.getConnections().map(async c => this.ensureIdentified(c, { signal: AbortSignal.timeout(5_000) })))
+    const connected = new Set(this.libp2p.getConnections().map(c => c.remotePeer.toString()))
+    if (connected.size >= this.minPeers) return
+    const self = this.peerId.toString()
+    const candidates: PeerId[] = []
+    for (const peer of await this.libp2p.peerStore.all().catch(() => [])) {
+      const id = peer.id.toString()
+      if (id !== self && !connected.has(id) && peer.addresses.length > 0 &&
+        peer.protocols.includes(dhtProtocol(this.network))) candidates.push(peer.id)
+    }
+    const wanted = this.minPeers - connected.size
+    await Promise.all(candidates.sort(() => Math.random() - 0.5).slice(0, wanted).map(async (id) => {
+      await this.libp2p.dial(id, { signal: AbortSignal.timeout(5_000) }).catch(() => {})
+    }))
+    if (this.libp2p.getConnections().length === 0 && this.bootstrap.length > 0 && !this.stopping) {
+      await Promise.all(this.bootstrap.map(async ma => this.libp2p.dial(ma, { signal: AbortSignal.timeout(5_000) }).catch(() => {})))
+    }
+  }
+
+  async stop (): Promise<void> {
+    this.stopping = true
+    if (this.keeper != null) clearInterval(this.keeper)
+    await this.helia.stop()
+    if ('close' in this.blockstore) await this.blockstore.close()
+    if ('close' in this.datastore) await this.datastore.close()
+  }
+
+  identity (): NodeIdentity {
+    return {
+      peerId: this.peerId.toString(),
+      did: this.did,
+      network: this.network,
+      addresses: this.libp2p.getMultiaddrs().map(String),
+      protocols: this.libp2p.getProtocols(),
+      region: this.region
+    }
+  }
+
+  peers (): PeerEntry[] {
+    const seen = new Map<string, PeerEntry>()
+    for (const conn of this.libp2p.getConnections()) {
+      const id = conn.remotePeer.toString()
+      if (seen.has(id) && conn.status !== 'open') continue
+      seen.set(id, peerEntry(conn))
+    }
+    return [...seen.values()]
+  }
+
+  /** A DHT lookup that goes to the network, even when the peer is already known locally. */
+  async findPeer (peer: PeerId, options: { signal?: AbortSignal } = {}): Promise<FoundPeer> {
+    const started = performance.now()
+    let queried = 0
+    try {
+      for await (const event of this.libp2p.services.dht.findPeer(peer, { useCache: false, signal: options.signal })) {
+        if (event.name === 'PEER_RESPONSE') queried++
+        if (event.name === 'FINAL_PEER') {
+          return {
+            peerId: peer.toString(),
+            did: didFromPeerId(peer),
+            addresses: event.peer.multiaddrs.map(String),
+            queried,
+            ms: performance.now() - started
+          }
+        }
+      }
+    } catch (err: any) {
+      if (options.signal?.aborted === true) throw err
+      if (err.name !== 'NotFoundError') throw err
+    }
+    throw new UserError(`peer ${peer} was not found in the DHT (${queried} peers asked)`)
+  }
+
+  async connect (target: string, options: { signal?: AbortSignal } = {}): Promise<PeerEntry> {
+    const conn = target.startsWith('/')
+      ? await this.libp2p.dial(parseMultiaddr(target), options)
+      : await this.libp2p.dial(peerIdFromString(target), options)
+    await this.ensureIdentified(conn, options)
+    return peerEntry(conn)
+  }
+
+  /**
+   * Identify can fail on a busy or just-started peer (the stream is closed before the answer), and
+   * then no protocol topology (DHT, bitswap, gossip) ever hears of the connection. Run it again.
+   */
+  private async ensureIdentified (conn: Connection, options: { signal?: AbortSignal } = {}): Promise<void> {
+    const peer = await this.libp2p.peerStore.get(conn.remotePeer).catch(() => undefined)
+    if (peer != null && peer.protocols.length > 0) return
+    await this.libp2p.services.identify.identify(conn, options).catch(() => {})
+  }
+}
+
+function peerEntry (conn: Connection): PeerEntry {
+  return {
+    peerId: conn.remotePeer.toString(),
+    did: conn.remotePeer.type === 'Ed25519' ? didFromPeerId(conn.remotePeer) : '',
+    address: conn.remoteAddr.toString(),
+    direction: conn.direction,
+    rttMs: conn.rtt,
+    authenticated: false
+  }
+}
+
+export function parseMultiaddr (text: string): Multiaddr {
+  try {
+    return multiaddr(text)
+  } catch (err: any) {
+    throw new UserError(`not a valid multiaddr: ${text} (${err.message})`)
+  }
+}
