@@ -52,3 +52,104 @@ export function parsePeerOrDid (text: string): PeerId {
     throw new InvalidDidError(`not a peer ID or did:key: ${text}`)
   }
 }
+
+// --- DID document -----------------------------------------------------------------------------
+// The did:key spec (w3c-ccg did-key-spec v0.7+) expands a did:key with one verification method whose
+// fragment is the multibase key itself, referenced from the four signing relationships, plus an
+// X25519 keyAgreement method derived from the Ed25519 key (the birational map). key-did-resolver 4
+// still emits the pre-v0.7 form (Ed25519VerificationKey2018 + publicKeyBase58, which the spec
+// dropped); we emit the current form with the same ids and the same key bytes.
+
+const X25519_PUB = Uint8Array.of(0xec, 0x01)
+const P = 2n ** 255n - 19n
+const D = mod(-121665n * inverse(121666n))
+
+export type DidKeyFormat = 'Multikey' | 'Ed25519VerificationKey2020'
+
+export interface DidKeyVerificationMethod {
+  id: string
+  type: string
+  controller: string
+  publicKeyMultibase: string
+}
+
+export interface DidKeyDocument {
+  '@context': string[]
+  id: string
+  verificationMethod: DidKeyVerificationMethod[]
+  authentication: string[]
+  assertionMethod: string[]
+  capabilityDelegation: string[]
+  capabilityInvocation: string[]
+  keyAgreement: DidKeyVerificationMethod[]
+}
+
+const CONTEXTS: Record<DidKeyFormat, string[]> = {
+  Multikey: ['https://www.w3.org/ns/did/v1', 'https://w3id.org/security/multikey/v1'],
+  Ed25519VerificationKey2020: ['https://www.w3.org/ns/did/v1', 'https://w3id.org/security/suites/ed25519-2020/v1', 'https://w3id.org/security/suites/x25519-2020/v1']
+}
+
+/** The DID document of an Ed25519 did:key (throws InvalidDidError, also for a key not on the curve). */
+export function didKeyDocument (did: string, format: DidKeyFormat = 'Multikey'): DidKeyDocument {
+  const publicKey = ed25519FromDidKey(did)
+  const fingerprint = did.slice('did:key:'.length)
+  const x25519 = x25519FromEd25519(publicKey, did)
+  const keyId = `${did}#${fingerprint}`
+  const xFingerprint = base58btc.encode(concat(X25519_PUB, x25519))
+  const multikey = format === 'Multikey'
+  return {
+    '@context': CONTEXTS[format],
+    id: did,
+    verificationMethod: [{ id: keyId, type: multikey ? 'Multikey' : 'Ed25519VerificationKey2020', controller: did, publicKeyMultibase: fingerprint }],
+    authentication: [keyId],
+    assertionMethod: [keyId],
+    capabilityDelegation: [keyId],
+    capabilityInvocation: [keyId],
+    keyAgreement: [{ id: `${did}#${xFingerprint}`, type: multikey ? 'Multikey' : 'X25519KeyAgreementKey2020', controller: did, publicKeyMultibase: xFingerprint }]
+  }
+}
+
+/**
+ * Montgomery u = (1 + y) / (1 - y) of an Edwards point (RFC 7748 §4.1). Hand-written because the only
+ * implementation around (@noble/curves) is not one of our dependencies. It also checks that the bytes
+ * decode to a curve point, which the spec requires, and refuses the identity point (u undefined).
+ */
+export function x25519FromEd25519 (publicKey: Uint8Array, label = 'key'): Uint8Array {
+  if (publicKey.length !== 32) throw new InvalidDidError(`an Ed25519 public key is 32 bytes, got ${publicKey.length}`)
+  let y = 0n
+  for (let i = 31; i >= 0; i--) y = (y << 8n) | BigInt(publicKey[i])
+  const xOdd = y >> 255n
+  y &= (1n << 255n) - 1n
+  if (y >= P || y === 1n) throw new InvalidDidError(`not a usable Ed25519 public key: ${label}`)
+  const x2 = mod((y * y - 1n) * inverse(D * y * y + 1n))
+  if ((x2 === 0n && xOdd === 1n) || (x2 !== 0n && pow(x2, (P - 1n) / 2n) !== 1n)) {
+    throw new InvalidDidError(`not a point on the Ed25519 curve: ${label}`)
+  }
+  let u = mod((1n + y) * inverse(1n - y))
+  const out = new Uint8Array(32)
+  for (let i = 0; i < 32; i++, u >>= 8n) out[i] = Number(u & 0xffn)
+  return out
+}
+
+function mod (a: bigint): bigint {
+  const r = a % P
+  return r < 0n ? r + P : r
+}
+
+function pow (base: bigint, exp: bigint): bigint {
+  let result = 1n
+  base = mod(base)
+  for (; exp > 0n; exp >>= 1n, base = base * base % P) if (exp & 1n) result = result * base % P
+  return result
+}
+
+function inverse (a: bigint): bigint {
+  return pow(a, P - 2n)
+}
+
+function concat (a: Uint8Array, b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(a.length + b.length)
+  out.set(a)
+  out.set(b, a.length)
+  return out
+}
