@@ -1,0 +1,900 @@
+// Replicated Yjs documents: live updates and presence over gossip, catch-up and repair over a
+// direct stream that runs the y-protocols sync (state vector in, missing update out).
+//
+// Gossip: one topic per document, `/mesh/<network>/doc/<docId>`. A message is a y-protocols
+// message exactly as y-websocket frames it:
+//   varUint 0 (sync)      | varUint 2 (update) | varUint8Array Yjs update
+//   varUint 1 (awareness) | varUint8Array awareness update
+// Messages are signed (gossipsub StrictSign), so `from` is the peer that wrote them, whoever relayed.
+//
+// Stream `/mesh/<network>/doc-sync/1.0.0`: frames of varUint length | body. The initiator sends a
+// header frame (varUint version = 1, varUint budget in bytes, 0 = unlimited), then per document
+// `varString docId | varUint 0 | varUint 0 (step 1) | varUint8Array state vector`, then an empty
+// frame. The responder answers each document it also holds (and may share with the initiator) with
+// step 2 (`… | varUint 1 | varUint8Array update`: what the initiator lacks) and its own step 1, and
+// closes its side after the empty frame; the initiator answers each step 1 with step 2 and closes
+// its side once the responder's has ended. Either side sends step 2 only while the budget lasts.
+//
+// A document whose allowedZones exclude some peers never travels over gossip (anyone may subscribe
+// to a topic): it replicates only over the stream, to peers whose zone is allowed.
+import * as decoding from 'lib0/decoding'
+import * as encoding from 'lib0/encoding'
+import * as awarenessProtocol from 'y-protocols/awareness'
+import * as Y from 'yjs'
+import type { GossipSub, Message } from '@libp2p/gossipsub'
+import type { Connection, PeerId, Stream } from '@libp2p/interface'
+import type { Libp2p } from 'libp2p'
+
+const MESSAGE_SYNC = 0
+const MESSAGE_AWARENESS = 1
+const SYNC_STEP1 = 0
+const SYNC_STEP2 = 1
+const SYNC_UPDATE = 2
+const STREAM_VERSION = 1
+const DOC_ID = /^[a-z0-9][a-z0-9._-]{0,127}$/
+const MAX_SESSION_DOCS = 1000
+
+/** What doc-sync needs of a store (`node/doc-store.ts` provides it). */
+export interface DocSyncStore {
+  load: (docId: string) => Promise<Y.Doc | undefined>
+  /** Resolves once the update is durable. */
+  append: (docId: string, update: Uint8Array) => Promise<void>
+  list?: () => Promise<Array<{ docId: string }>>
+}
+
+export interface DocSyncComponents {
+  libp2p: Pick<Libp2p, 'peerId' | 'handle' | 'unhandle' | 'register' | 'unregister' | 'dialProtocol'> & { services: { pubsub?: GossipSub } }
+  store: DocSyncStore
+  peerId?: PeerId
+}
+
+export interface DocSyncInit {
+  network: string
+  /** Largest gossip message (update or awareness) accepted or sent. Default 1 MiB. */
+  maxMessageBytes?: number
+  /** Largest stream frame accepted or sent; a document's missing part must fit. Default 16 MiB. */
+  maxSyncMessageBytes?: number
+  /** How often to compare state vectors with a random peer per document. Default 30 s; 0 never. */
+  antiEntropyIntervalMs?: number
+  /**
+   * Update bytes an anti-entropy round may move in each direction (state vectors aside). A
+   * document whose missing part does not fit what is left is deferred (counted), so a part larger
+   * than the whole cap is only ever repaired by the uncapped catch-up on connect, join or restart.
+   * Default 1 MiB.
+   */
+  antiEntropyBytesPerRound?: number
+  /** A sync session is aborted after this long. Default 30 s. */
+  syncTimeoutMs?: number
+  /** Peers to catch up with when a document is opened. Default 3. */
+  joinPeers?: number
+  /** Open every document the store holds on start. Default false. */
+  openStored?: boolean
+  /** Whether a peer takes part in a document at all (sends or receives it). Default: everyone. */
+  authorize?: (peer: PeerId, docId: string) => boolean | Promise<boolean>
+  /**
+   * Peer IDs allowed to write a document; undefined means every authorized peer. Yjs updates are
+   * not signed, so an update is attributed to the peer that signed its gossip message or, in a
+   * sync, to the stream's remote peer: a non-writer can neither publish nor relay updates (so
+   * readers catch up from writers), and every writer is trusted with the whole document (one
+   * writer can forge what looks like another's edit).
+   */
+  writers?: (docId: string) => string[] | undefined
+  /** Zones (regions) a document may live in; undefined means anywhere. */
+  allowedZones?: (docId: string) => string[] | undefined
+  /** This node's zone. */
+  nodeZone?: string
+  /** A peer's zone, as far as this node knows (its signed descriptor); undefined if unknown. */
+  peerZone?: (peer: PeerId) => string | undefined
+}
+
+export interface UpdateOrigin {
+  local: boolean
+  /** The peer an update came from (gossip: the signer; sync: the stream's remote peer). */
+  peer?: string
+  via?: 'gossip' | 'sync'
+}
+
+export type UpdateListener = (update: Uint8Array, origin: UpdateOrigin) => void
+
+export interface DocSyncStats {
+  /** Messages and frames refused, by reason. */
+  dropped: Record<string, number>
+  gossip: { received: number, published: number, publishFailed: number }
+  sync: { sessions: number, failed: number, bytesSent: number, bytesReceived: number, updatesApplied: number }
+  antiEntropy: { rounds: number, sessions: number, repaired: number, deferred: number }
+  persistFailed: number
+}
+
+export interface DocSync {
+  readonly protocol: string
+  topic: (docId: string) => string
+  /** Loads (or creates) a document and joins its replication. */
+  open: (docId: string) => Promise<Y.Doc>
+  /** Leaves a document's replication; the Y.Doc stays usable but is no longer saved or shared. */
+  close: (docId: string) => Promise<void>
+  docs: () => string[]
+  /**
+   * Runs `fn` in one transaction and resolves once its update is on disk and published: the
+   * acknowledged write. Editing the Y.Doc directly works too, but acknowledges nothing.
+   */
+  transact: (docId: string, fn: (doc: Y.Doc) => void) => Promise<void>
+  /** Resolves once every update so far is on disk (and local ones published). */
+  flushed: (docId: string) => Promise<void>
+  onUpdate: (docId: string, listener: UpdateListener) => () => void
+  awareness: (docId: string) => awarenessProtocol.Awareness
+  setAwareness: (docId: string, state: Record<string, unknown> | null) => void
+  /** Catch up with a peer now, for the given documents (default: all open ones). */
+  syncWith: (peer: PeerId, docIds?: string[]) => Promise<void>
+  /** One anti-entropy round now; resolves when it is done. */
+  antiEntropy: () => Promise<void>
+  readonly stats: DocSyncStats
+  start: () => Promise<void>
+  stop: () => Promise<void>
+}
+
+/** Marks updates that came from the network, so they are saved but not published again. */
+class RemoteOrigin {
+  readonly peer: string
+  readonly via: 'gossip' | 'sync'
+  constructor (peer: string, via: 'gossip' | 'sync') {
+    this.peer = peer
+    this.via = via
+  }
+}
+
+interface OpenDoc {
+  id: string
+  doc: Y.Doc
+  awareness: awarenessProtocol.Awareness
+  topic: string
+  gossip: boolean
+  /** Persist-then-publish chain, in update order. */
+  tail: Promise<void>
+  /** Set by transact to collect the acknowledgements of its own updates. */
+  capture?: Array<Promise<void>>
+  listeners: Set<UpdateListener>
+  off: () => void
+}
+
+type Parsed =
+  | { kind: 'update', update: Uint8Array }
+  | { kind: 'awareness', update: Uint8Array }
+
+interface SessionResult { sent: number, received: number, repaired: number, deferred: number }
+
+function newResult (): SessionResult {
+  return { sent: 0, received: 0, repaired: 0, deferred: 0 }
+}
+
+class Dropped extends Error {
+  readonly reason: string
+  constructor (reason: string) {
+    super(reason)
+    this.reason = reason
+  }
+}
+
+export function docSync (components: DocSyncComponents, init: DocSyncInit): DocSync {
+  const { libp2p, store } = components
+  const self = components.peerId ?? libp2p.peerId
+  const prefix = `/mesh/${init.network}`
+  const protocol = `${prefix}/doc-sync/1.0.0`
+  const maxMessageBytes = init.maxMessageBytes ?? 1024 * 1024
+  const maxFrame = init.maxSyncMessageBytes ?? 16 * 1024 * 1024
+  const antiEntropyIntervalMs = init.antiEntropyIntervalMs ?? 30_000
+  const roundBudget = init.antiEntropyBytesPerRound ?? 1024 * 1024
+  const syncTimeoutMs = init.syncTimeoutMs ?? 30_000
+  const joinPeers = init.joinPeers ?? 3
+  const pubsub = libp2p.services.pubsub
+
+  const open = new Map<string, OpenDoc>()
+  const opening = new Map<string, Promise<OpenDoc>>()
+  /** Connected peers that speak the sync protocol. */
+  const peers = new Map<string, PeerId>()
+  /** Per peer: documents waiting for a sync session ('all' = every open one), and whether one runs. */
+  const syncQueue = new Map<string, { docs: Set<string> | 'all', running: boolean, waiters: Array<() => void> }>()
+  const streams = new Set<Stream>()
+  const parsedGossip = new WeakMap<Message, Parsed>()
+  let topologyId: string | undefined
+  let timer: ReturnType<typeof setInterval> | undefined
+  let started = false
+  let roundRunning: Promise<void> | undefined
+
+  const stats: DocSyncStats = {
+    dropped: {},
+    gossip: { received: 0, published: 0, publishFailed: 0 },
+    sync: { sessions: 0, failed: 0, bytesSent: 0, bytesReceived: 0, updatesApplied: 0 },
+    antiEntropy: { rounds: 0, sessions: 0, repaired: 0, deferred: 0 },
+    persistFailed: 0
+  }
+  const drop = (reason: string): void => { stats.dropped[reason] = (stats.dropped[reason] ?? 0) + 1 }
+
+  const topic = (docId: string): string => `${prefix}/doc/${docId}`
+
+  function zonesOf (docId: string): string[] | undefined {
+    return init.allowedZones?.(docId)
+  }
+
+  function zoneAllows (docId: string, peer: PeerId): boolean {
+    const zones = zonesOf(docId)
+    if (zones == null) return true
+    const zone = init.peerZone?.(peer)
+    return zone != null && zones.includes(zone)
+  }
+
+  async function mayShare (docId: string, peer: PeerId): Promise<boolean> {
+    if (!zoneAllows(docId, peer)) return false
+    if (init.authorize == null) return true
+    try {
+      return await init.authorize(peer, docId)
+    } catch {
+      return false
+    }
+  }
+
+  function isWriter (docId: string, peer: PeerId): boolean {
+    const writers = init.writers?.(docId)
+    return writers == null || writers.includes(peer.toString())
+  }
+
+  /** The checks every remote update passes before it touches a document; throws Dropped. */
+  async function admitUpdate (docId: string, peer: PeerId, update: Uint8Array): Promise<OpenDoc> {
+    const entry = open.get(docId)
+    if (entry == null) throw new Dropped('unknown-doc')
+    if (!zoneAllows(docId, peer)) throw new Dropped('zone')
+    if (!(await mayShare(docId, peer))) throw new Dropped('unauthorized')
+    if (!isWriter(docId, peer)) throw new Dropped('not-writer')
+    // Decoding the whole update proves it well formed without touching the document: garbage
+    // fails here, so a failed apply later is at worst a partial apply of well-formed structs.
+    try {
+      Y.decodeUpdate(update)
+    } catch {
+      throw new Dropped('invalid-update')
+    }
+    return entry
+  }
+
+  /** Applies an admitted update; true if the document learned something. */
+  function applyRemote (entry: OpenDoc, update: Uint8Array, origin: RemoteOrigin): boolean {
+    const before = Y.encodeStateVector(entry.doc)
+    try {
+      Y.applyUpdate(entry.doc, update, origin)
+    } catch {
+      drop('apply-failed')
+      return false
+    }
+    return !equalBytes(before, Y.encodeStateVector(entry.doc))
+  }
+
+  // --- gossip ---------------------------------------------------------------------------------
+
+  function parseGossip (data: Uint8Array): Parsed {
+    if (data.length > maxMessageBytes) throw new Dropped('oversized')
+    try {
+      const d = decoding.createDecoder(data)
+      const type = decoding.readVarUint(d)
+      let parsed: Parsed
+      if (type === MESSAGE_SYNC) {
+        const sub = decoding.readVarUint(d)
+        if (sub !== SYNC_UPDATE) throw new Dropped('unexpected-message')
+        parsed = { kind: 'update', update: decoding.readVarUint8Array(d) }
+      } else if (type === MESSAGE_AWARENESS) {
+        parsed = { kind: 'awareness', update: decoding.readVarUint8Array(d) }
+      } else {
+        throw new Dropped('unexpected-message')
+      }
+      if (decoding.hasContent(d)) throw new Dropped('malformed')
+      return parsed
+    } catch (err) {
+      if (err instanceof Dropped) throw err
+      throw new Dropped('malformed')
+    }
+  }
+
+  function docIdOfTopic (t: string): string | undefined {
+    const head = `${prefix}/doc/`
+    if (!t.startsWith(head)) return undefined
+    const id = t.slice(head.length)
+    return DOC_ID.test(id) ? id : undefined
+  }
+
+  async function validateGossip (msg: Message): Promise<'accept' | 'reject' | 'ignore'> {
+    const docId = docIdOfTopic(msg.topic)
+    if (docId == null || !open.has(docId)) return 'ignore'
+    try {
+      if (msg.type !== 'signed') throw new Dropped('unsigned')
+      const parsed = parseGossip(msg.data)
+      if (parsed.kind === 'update') {
+        await admitUpdate(docId, msg.from, parsed.update)
+      } else {
+        if (parsed.update.length === 0) throw new Dropped('malformed')
+        if (!zoneAllows(docId, msg.from)) throw new Dropped('zone')
+        if (!(await mayShare(docId, msg.from))) throw new Dropped('unauthorized')
+      }
+      parsedGossip.set(msg, parsed)
+      return 'accept'
+    } catch (err) {
+      drop(err instanceof Dropped ? err.reason : 'malformed')
+      return 'reject'
+    }
+  }
+
+  const onGossip = (evt: CustomEvent<Message>): void => {
+    const msg = evt.detail
+    const parsed = parsedGossip.get(msg)
+    if (parsed == null || msg.type !== 'signed') return
+    const docId = docIdOfTopic(msg.topic)
+    const entry = docId != null ? open.get(docId) : undefined
+    if (entry == null) return
+    stats.gossip.received++
+    const origin = new RemoteOrigin(msg.from.toString(), 'gossip')
+    if (parsed.kind === 'update') {
+      applyRemote(entry, parsed.update, origin)
+    } else {
+      try {
+        awarenessProtocol.applyAwarenessUpdate(entry.awareness, parsed.update, origin)
+      } catch {
+        drop('invalid-awareness')
+      }
+    }
+  }
+
+  const onSubscriptionChange = (evt: CustomEvent<{ peerId: PeerId, subscriptions: Array<{ topic: string, subscribe: boolean }> }>): void => {
+    const { peerId, subscriptions } = evt.detail
+    const docs = subscriptions.filter(s => s.subscribe).map(s => docIdOfTopic(s.topic)).filter((id): id is string => id != null && open.has(id))
+    // A peer that joins a document we hold catches up from us (its own join may have asked others).
+    if (docs.length > 0 && peers.has(peerId.toString())) requestSync(peerId, docs)
+  }
+
+  async function publish (entry: OpenDoc, message: Uint8Array): Promise<void> {
+    if (pubsub == null || !entry.gossip || !started) return
+    try {
+      await pubsub.publish(entry.topic, message)
+      stats.gossip.published++
+    } catch {
+      stats.gossip.publishFailed++
+    }
+  }
+
+  /** Sends a local update to the document's peers; called once the update is on disk. */
+  async function share (entry: OpenDoc, update: Uint8Array): Promise<void> {
+    const message = encodeMessage(e => {
+      encoding.writeVarUint(e, MESSAGE_SYNC)
+      encoding.writeVarUint(e, SYNC_UPDATE)
+      encoding.writeVarUint8Array(e, update)
+    })
+    if (entry.gossip && pubsub != null && message.length <= maxMessageBytes) {
+      await publish(entry, message)
+      return
+    }
+    // Too big for gossip, or not allowed on it: peers fetch it with a sync instead.
+    for (const peer of candidatePeers(entry).slice(0, 8)) requestSync(peer, [entry.id])
+  }
+
+  // --- documents ------------------------------------------------------------------------------
+
+  async function openDoc (docId: string): Promise<OpenDoc> {
+    if (!DOC_ID.test(docId)) throw new Error(`invalid document ID ${JSON.stringify(docId.slice(0, 140))}: use 1-128 characters of a-z 0-9 . _ - starting with a letter or digit`)
+    const zones = zonesOf(docId)
+    if (zones != null && (init.nodeZone == null || !zones.includes(init.nodeZone))) {
+      throw new Error(`document ${docId} may only live in zones ${zones.join(', ')}; this node is in ${init.nodeZone ?? 'no zone'}`)
+    }
+    const doc = (await store.load(docId)) ?? new Y.Doc()
+    const awareness = new awarenessProtocol.Awareness(doc)
+    const entry: OpenDoc = {
+      id: docId,
+      doc,
+      awareness,
+      topic: topic(docId),
+      gossip: zones == null,
+      tail: Promise.resolve(),
+      listeners: new Set(),
+      off: () => {}
+    }
+    const onDocUpdate = (update: Uint8Array, origin: unknown): void => {
+      const remote = origin instanceof RemoteOrigin ? origin : undefined
+      // Appended at once, in update order; the store batches concurrent appends into one fsync.
+      const persisted = store.append(docId, update)
+      const acked = entry.tail.then(async () => {
+        await persisted
+        if (remote == null) await share(entry, update)
+      })
+      entry.tail = acked.catch((err) => {
+        stats.persistFailed++
+        process.emitWarning(`document ${docId}: an update was not saved: ${err.message}`)
+      })
+      entry.capture?.push(acked)
+      const info: UpdateOrigin = remote == null ? { local: true } : { local: false, peer: remote.peer, via: remote.via }
+      for (const l of entry.listeners) {
+        try { l(update, info) } catch {}
+      }
+    }
+    const onAwareness = ({ added, updated, removed }: { added: number[], updated: number[], removed: number[] }, origin: unknown): void => {
+      if (origin instanceof RemoteOrigin) return
+      // Only this node's own presence: every node times out the others' by itself.
+      const changed = [...added, ...updated, ...removed].filter(id => id === doc.clientID)
+      if (changed.length === 0) return
+      const message = encodeMessage(e => {
+        encoding.writeVarUint(e, MESSAGE_AWARENESS)
+        encoding.writeVarUint8Array(e, awarenessProtocol.encodeAwarenessUpdate(awareness, changed))
+      })
+      if (message.length <= maxMessageBytes) void publish(entry, message)
+    }
+    doc.on('update', onDocUpdate)
+    awareness.on('update', onAwareness)
+    entry.off = () => {
+      doc.off('update', onDocUpdate)
+      awareness.off('update', onAwareness)
+    }
+    open.set(docId, entry)
+    if (entry.gossip && pubsub != null) {
+      pubsub.topicValidators.set(entry.topic, async (_from, msg) => validateGossip(msg) as any)
+      // Gossipsub refuses subscriptions before it starts; start() subscribes the rest.
+      if (started) pubsub.subscribe(entry.topic)
+    }
+    if (started) {
+      const candidates = candidatePeers(entry)
+      for (const peer of shuffle(candidates).slice(0, joinPeers)) requestSync(peer, [docId])
+    }
+    return entry
+  }
+
+  function getOpen (docId: string): OpenDoc {
+    const entry = open.get(docId)
+    if (entry == null) throw new Error(`document ${docId} is not open`)
+    return entry
+  }
+
+  /** Peers that probably hold a document: its topic's subscribers first, then any sync peer. */
+  function candidatePeers (entry: OpenDoc): PeerId[] {
+    const out = new Map<string, PeerId>()
+    if (entry.gossip && pubsub != null) {
+      for (const p of pubsub.getSubscribers(entry.topic)) if (peers.has(p.toString())) out.set(p.toString(), p)
+    }
+    if (out.size === 0 || !entry.gossip) {
+      for (const [id, p] of peers) if (zoneAllows(entry.id, p)) out.set(id, p)
+    }
+    return [...out.values()].filter(p => zoneAllows(entry.id, p))
+  }
+
+  async function closeDoc (docId: string): Promise<void> {
+    const entry = open.get(docId)
+    if (entry == null) return
+    open.delete(docId)
+    if (entry.gossip && pubsub != null) {
+      // Tell the others this node's cursor is gone before leaving the topic.
+      if (entry.awareness.getLocalState() != null) {
+        const message = encodeMessage(e => {
+          encoding.writeVarUint(e, MESSAGE_AWARENESS)
+          encoding.writeVarUint8Array(e, awarenessProtocol.encodeAwarenessUpdate(entry.awareness, [entry.doc.clientID], new Map()))
+        })
+        await publish(entry, message)
+      }
+      pubsub.unsubscribe(entry.topic)
+      pubsub.topicValidators.delete(entry.topic)
+    }
+    entry.off()
+    entry.awareness.destroy()
+    await entry.tail
+  }
+
+  // --- sync sessions --------------------------------------------------------------------------
+
+  function requestSync (peer: PeerId, docs: string[] | 'all'): Promise<void> {
+    const key = peer.toString()
+    let q = syncQueue.get(key)
+    if (q == null) {
+      q = { docs: new Set(), running: false, waiters: [] }
+      syncQueue.set(key, q)
+    }
+    if (docs === 'all' || q.docs === 'all') q.docs = 'all'
+    else for (const d of docs) q.docs.add(d)
+    const done = new Promise<void>(resolve => q.waiters.push(resolve))
+    if (!q.running) void drain(peer, q)
+    return done
+  }
+
+  async function drain (peer: PeerId, q: { docs: Set<string> | 'all', running: boolean, waiters: Array<() => void> }): Promise<void> {
+    q.running = true
+    while (started && (q.docs === 'all' || q.docs.size > 0)) {
+      const wanted = q.docs === 'all' ? [...open.keys()] : [...q.docs].filter(d => open.has(d))
+      const waiters = q.waiters.splice(0)
+      q.docs = new Set()
+      for (let i = 0; i < wanted.length; i += MAX_SESSION_DOCS) {
+        await runSession(peer, wanted.slice(i, i + MAX_SESSION_DOCS), 0).catch(() => {})
+      }
+      for (const w of waiters) w()
+    }
+    q.running = false
+    for (const w of q.waiters.splice(0)) w()
+    syncQueue.delete(peer.toString())
+  }
+
+  /** Runs one session as initiator. Returns the update bytes moved and documents repaired. */
+  async function runSession (peer: PeerId, docIds: string[], budget: number): Promise<SessionResult> {
+    const shared: OpenDoc[] = []
+    for (const id of docIds) {
+      const entry = open.get(id)
+      if (entry != null && await mayShare(id, peer)) shared.push(entry)
+    }
+    const result = newResult()
+    if (shared.length === 0) return result
+    stats.sync.sessions++
+    const stream = await libp2p.dialProtocol(peer, protocol, { signal: AbortSignal.timeout(syncTimeoutMs) }).catch(() => undefined)
+    if (stream == null) {
+      stats.sync.failed++
+      return result
+    }
+    const session = new Session(stream, peer, budget, result)
+    try {
+      session.send(encodeMessage(e => {
+        encoding.writeVarUint(e, STREAM_VERSION)
+        encoding.writeVarUint(e, budget)
+      }))
+      for (const entry of shared) {
+        session.send(encodeMessage(e => {
+          encoding.writeVarString(e, entry.id)
+          encoding.writeVarUint(e, MESSAGE_SYNC)
+          encoding.writeVarUint(e, SYNC_STEP1)
+          encoding.writeVarUint8Array(e, Y.encodeStateVector(entry.doc))
+        }))
+      }
+      session.send(new Uint8Array(0))
+      for await (const frame of session.frames()) {
+        await session.handle(frame, false)
+        await session.drained()
+      }
+      await stream.close({ signal: AbortSignal.timeout(syncTimeoutMs) })
+    } catch (err) {
+      stats.sync.failed++
+      if (err instanceof Dropped) drop(err.reason)
+      stream.abort(err instanceof Error ? err : new Error(String(err)))
+    } finally {
+      session.done()
+    }
+    return result
+  }
+
+  async function handleInbound (stream: Stream, connection: Connection): Promise<void> {
+    const peer = connection.remotePeer
+    const result = newResult()
+    const session = new Session(stream, peer, 0, result)
+    try {
+      let headerSeen = false
+      let ended = false
+      // An honest initiator sends a step 1 per document (at most MAX_SESSION_DOCS) and a step 2 per
+      // document we answered.
+      let allowance = MAX_SESSION_DOCS + open.size + 2
+      for await (const frame of session.frames()) {
+        if (--allowance < 0) throw new Dropped('too-many-frames')
+        if (!headerSeen) {
+          headerSeen = true
+          const d = decoding.createDecoder(frame)
+          const version = readOrDrop(() => decoding.readVarUint(d))
+          session.budget = readOrDrop(() => decoding.readVarUint(d))
+          if (version !== STREAM_VERSION) throw new Dropped('unsupported-version')
+          continue
+        }
+        if (frame.length === 0) {
+          if (ended) throw new Dropped('malformed')
+          ended = true
+          await session.drained()
+          await stream.close({ signal: AbortSignal.timeout(syncTimeoutMs) })
+          continue
+        }
+        await session.handle(frame, !ended)
+        await session.drained()
+      }
+      if (!ended) throw new Dropped('truncated')
+    } catch (err) {
+      if (err instanceof Dropped) drop(err.reason)
+      stream.abort(err instanceof Error ? err : new Error(String(err)))
+    } finally {
+      session.done()
+    }
+  }
+
+  /** One end of a sync stream: bounded frame reading, the y-protocols steps, the budget. */
+  class Session {
+    readonly stream: Stream
+    readonly peer: PeerId
+    budget: number
+    readonly result: SessionResult
+    private readonly timeout: ReturnType<typeof setTimeout>
+
+    constructor (stream: Stream, peer: PeerId, budget: number, result: SessionResult) {
+      this.stream = stream
+      this.peer = peer
+      this.budget = budget
+      this.result = result
+      streams.add(stream)
+      this.timeout = setTimeout(() => stream.abort(new Error('document sync timed out')), syncTimeoutMs)
+    }
+
+    done (): void {
+      clearTimeout(this.timeout)
+      streams.delete(this.stream)
+    }
+
+    send (body: Uint8Array): void {
+      const head = encoding.createEncoder()
+      encoding.writeVarUint(head, body.length)
+      this.stream.send(concat(encoding.toUint8Array(head), body))
+      stats.sync.bytesSent += body.length
+    }
+
+    async drained (): Promise<void> {
+      if (this.stream.writableNeedsDrain) await this.stream.onDrain({ signal: AbortSignal.timeout(syncTimeoutMs) })
+    }
+
+    async * frames (): AsyncGenerator<Uint8Array> {
+      const chunks: Uint8Array[] = []
+      let buffered = 0
+      let want = -1
+      let headLen = 0
+      for await (const chunk of this.stream) {
+        const bytes = chunk instanceof Uint8Array ? chunk : chunk.subarray()
+        chunks.push(bytes)
+        buffered += bytes.length
+        stats.sync.bytesReceived += bytes.length
+        for (;;) {
+          if (want < 0) {
+            const head = readLength(chunks)
+            if (head == null) break
+            if (head.length > maxFrame) throw new Dropped('oversized')
+            want = head.length
+            headLen = head.headLen
+          }
+          if (buffered < headLen + want) break
+          const all = chunks.length === 1 ? chunks[0] : concat(...chunks)
+          const frame = all.subarray(headLen, headLen + want)
+          const rest = all.subarray(headLen + want)
+          chunks.length = 0
+          buffered = rest.length
+          if (rest.length > 0) chunks.push(rest)
+          want = -1
+          yield frame
+        }
+      }
+      if (buffered > 0) throw new Dropped('truncated')
+    }
+
+    /** One document frame; `answerStep1` says whether this end may still answer with step 1. */
+    async handle (frame: Uint8Array, answerStep1: boolean): Promise<void> {
+      const d = decoding.createDecoder(frame)
+      const docId = readOrDrop(() => decoding.readVarString(d))
+      const type = readOrDrop(() => decoding.readVarUint(d))
+      const step = readOrDrop(() => decoding.readVarUint(d))
+      const payload = readOrDrop(() => decoding.readVarUint8Array(d))
+      if (decoding.hasContent(d) || type !== MESSAGE_SYNC || !DOC_ID.test(docId)) throw new Dropped('malformed')
+      const entry = open.get(docId)
+      if (step === SYNC_STEP1) {
+        // Unknown or not-shared documents get no answer: the peer learns nothing about them.
+        if (entry == null || !(await mayShare(docId, this.peer))) return
+        let sv: Uint8Array
+        try {
+          Y.decodeStateVector(payload)
+          sv = payload
+        } catch {
+          throw new Dropped('malformed')
+        }
+        const diff = Y.encodeStateAsUpdate(entry.doc, sv)
+        if (!isWriter(docId, self)) {
+          // The peer would refuse anything from a non-writer, even what it already has.
+        } else if (this.budget > 0 && this.result.sent + diff.length > this.budget) {
+          this.result.deferred++
+        } else if (diff.length + docId.length + 16 > maxFrame) {
+          drop('too-large-to-send')
+        } else {
+          this.result.sent += diff.length
+          this.send(docFrame(docId, SYNC_STEP2, diff))
+        }
+        if (answerStep1) this.send(docFrame(docId, SYNC_STEP1, Y.encodeStateVector(entry.doc)))
+      } else if (step === SYNC_STEP2 || step === SYNC_UPDATE) {
+        this.result.received += payload.length
+        try {
+          const admitted = await admitUpdate(docId, this.peer, payload)
+          stats.sync.updatesApplied++
+          if (applyRemote(admitted, payload, new RemoteOrigin(this.peer.toString(), 'sync'))) this.result.repaired++
+        } catch (err) {
+          // A refused update is counted, and the rest of the session goes on.
+          if (!(err instanceof Dropped)) throw err
+          drop(err.reason)
+        }
+      } else {
+        throw new Dropped('malformed')
+      }
+    }
+  }
+
+  // --- anti-entropy ---------------------------------------------------------------------------
+
+  async function antiEntropyRound (): Promise<void> {
+    if (roundRunning != null) return roundRunning
+    roundRunning = (async () => {
+      stats.antiEntropy.rounds++
+      const byPeer = new Map<string, { peer: PeerId, docs: string[] }>()
+      for (const entry of shuffle([...open.values()])) {
+        const candidates = candidatePeers(entry)
+        if (candidates.length === 0) continue
+        const peer = candidates[Math.floor(Math.random() * candidates.length)]
+        const slot = byPeer.get(peer.toString()) ?? { peer, docs: [] }
+        slot.docs.push(entry.id)
+        byPeer.set(peer.toString(), slot)
+      }
+      let left = roundBudget
+      for (const { peer, docs } of byPeer.values()) {
+        if (!started || left <= 0) break
+        stats.antiEntropy.sessions++
+        const r = await runSession(peer, docs, left).catch(newResult)
+        // Both ends cap what they send at the budget given, so each direction stays within the cap.
+        left -= Math.max(r.sent, r.received)
+        stats.antiEntropy.repaired += r.repaired
+        stats.antiEntropy.deferred += r.deferred
+      }
+    })().finally(() => { roundRunning = undefined })
+    return roundRunning
+  }
+
+  async function openPublic (docId: string): Promise<Y.Doc> {
+    const existing = open.get(docId)
+    if (existing != null) return existing.doc
+    let p = opening.get(docId)
+    if (p == null) {
+      p = openDoc(docId).finally(() => opening.delete(docId))
+      opening.set(docId, p)
+    }
+    return (await p).doc
+  }
+
+  return {
+    protocol,
+    topic,
+    stats,
+    open: openPublic,
+    close: closeDoc,
+    docs: () => [...open.keys()].sort(),
+    async transact (docId, fn) {
+      const entry = getOpen(docId)
+      if (!isWriter(docId, self)) throw new Error(`this node may not write document ${docId}`)
+      const captured: Array<Promise<void>> = []
+      const outer = entry.capture
+      entry.capture = captured
+      try {
+        entry.doc.transact(() => fn(entry.doc))
+      } finally {
+        entry.capture = outer
+        outer?.push(...captured)
+      }
+      await Promise.all(captured)
+    },
+    async flushed (docId) {
+      await getOpen(docId).tail
+    },
+    onUpdate (docId, listener) {
+      const entry = getOpen(docId)
+      entry.listeners.add(listener)
+      return () => { entry.listeners.delete(listener) }
+    },
+    awareness: (docId) => getOpen(docId).awareness,
+    setAwareness (docId, state) {
+      getOpen(docId).awareness.setLocalState(state)
+    },
+    async syncWith (peer, docIds) {
+      await requestSync(peer, docIds ?? 'all')
+    },
+    antiEntropy: antiEntropyRound,
+    async start () {
+      if (started) return
+      started = true
+      await libp2p.handle(protocol, (stream, connection) => handleInbound(stream, connection), {
+        maxInboundStreams: 8,
+        maxOutboundStreams: 8
+      })
+      topologyId = await libp2p.register(protocol, {
+        onConnect: (peer) => {
+          peers.set(peer.toString(), peer)
+          // The session covers both directions, so one side starting it is enough.
+          if (self.toString() < peer.toString()) requestSync(peer, 'all')
+        },
+        onDisconnect: (peer) => { peers.delete(peer.toString()) }
+      })
+      pubsub?.addEventListener('message', onGossip)
+      pubsub?.addEventListener('subscription-change', onSubscriptionChange)
+      if (init.openStored === true && store.list != null) {
+        for (const { docId } of await store.list()) {
+          try { await openPublic(docId) } catch (err: any) { process.emitWarning(`document ${docId} not opened: ${err.message}`) }
+        }
+      }
+      for (const entry of open.values()) {
+        if (entry.gossip && pubsub != null && !pubsub.getTopics().includes(entry.topic)) pubsub.subscribe(entry.topic)
+      }
+      if (antiEntropyIntervalMs > 0) {
+        timer = setInterval(() => { void antiEntropyRound() }, antiEntropyIntervalMs)
+        timer.unref()
+      }
+    },
+    async stop () {
+      if (!started) return
+      if (timer != null) clearInterval(timer)
+      for (const id of [...open.keys()]) await closeDoc(id)
+      started = false
+      pubsub?.removeEventListener('message', onGossip)
+      pubsub?.removeEventListener('subscription-change', onSubscriptionChange)
+      if (topologyId != null) libp2p.unregister(topologyId)
+      for (const s of streams) s.abort(new Error('document sync stopped'))
+      await libp2p.unhandle(protocol).catch(() => {})
+      await roundRunning
+      peers.clear()
+    }
+  }
+}
+
+function readOrDrop<T> (read: () => T): T {
+  try {
+    return read()
+  } catch {
+    throw new Dropped('malformed')
+  }
+}
+
+function docFrame (docId: string, step: number, payload: Uint8Array): Uint8Array {
+  return encodeMessage(e => {
+    encoding.writeVarString(e, docId)
+    encoding.writeVarUint(e, MESSAGE_SYNC)
+    encoding.writeVarUint(e, step)
+    encoding.writeVarUint8Array(e, payload)
+  })
+}
+
+function encodeMessage (write: (e: encoding.Encoder) => void): Uint8Array {
+  const e = encoding.createEncoder()
+  write(e)
+  return encoding.toUint8Array(e)
+}
+
+/** Reads a varUint frame length from the buffered chunks; undefined until it is complete. */
+function readLength (chunks: Uint8Array[]): { length: number, headLen: number } | undefined {
+  let length = 0
+  let shift = 0
+  let i = 0
+  for (const chunk of chunks) {
+    for (const byte of chunk) {
+      length += (byte & 0x7f) * 2 ** shift
+      shift += 7
+      i++
+      if ((byte & 0x80) === 0) return { length, headLen: i }
+      // Five bytes already say 32 GiB: anything longer is not a length we would accept.
+      if (i >= 5) throw new Dropped('oversized')
+    }
+  }
+  return undefined
+}
+
+function concat (...parts: Uint8Array[]): Uint8Array {
+  let size = 0
+  for (const p of parts) size += p.length
+  const out = new Uint8Array(size)
+  let at = 0
+  for (const p of parts) {
+    out.set(p, at)
+    at += p.length
+  }
+  return out
+}
+
+function equalBytes (a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false
+  return true
+}
+
+function shuffle<T> (items: T[]): T[] {
+  for (let i = items.length - 1; i > 0; i--) {
+    const j = Math.floor(Math.random() * (i + 1))
+    const t = items[i]
+    items[i] = items[j]
+    items[j] = t
+  }
+  return items
+}
