@@ -13,9 +13,14 @@ import { FsDatastore } from 'datastore-fs'
 import { createHeliaLight } from 'helia'
 import * as json from 'multiformats/codecs/json'
 import { didFromPeerId } from '../identity/did-key.ts'
-import { dhtProtocol, libp2pOptions, protocolPrefix } from './libp2p.ts'
+import { membership } from '../protocols/membership.ts'
+import { revocationSync } from '../protocols/revocations.ts'
+import { dhtProtocol, gossipProtocols, libp2pOptions, protocolPrefix } from './libp2p.ts'
 import { UserError } from './errors.ts'
+import type { Community } from './community.ts'
 import type { MeshServices } from './libp2p.ts'
+import type { Membership } from '../protocols/membership.ts'
+import type { RevocationSync } from '../protocols/revocations.ts'
 import type { HeliaWithLibp2p } from '@helia/libp2p'
 import type { Connection, PeerId, PrivateKey } from '@libp2p/interface'
 import type { Multiaddr } from '@multiformats/multiaddr'
@@ -32,6 +37,8 @@ export interface MeshNodeInit {
   gossip?: boolean
   /** Keep at least this many connections, dialing peers from the routing table. Default 8. */
   minPeers?: number
+  /** The community network this node belongs to; its ID replaces `network`. */
+  community?: Community
 }
 
 export interface PeerEntry {
@@ -40,7 +47,9 @@ export interface PeerEntry {
   address: string
   direction: 'inbound' | 'outbound'
   rttMs?: number
+  /** Passed the membership handshake of this node's community network. */
   authenticated: boolean
+  role?: string
 }
 
 export interface NodeIdentity {
@@ -50,6 +59,8 @@ export interface NodeIdentity {
   addresses: string[]
   protocols: string[]
   region?: string
+  /** The community network, when the node is in one. */
+  community?: { id: string, name: string, open: boolean, roots: string[], role: string }
 }
 
 export interface FoundPeer {
@@ -66,7 +77,11 @@ export class MeshNode {
   readonly helia: HeliaWithLibp2p<MeshServices>
   readonly region?: string
   /** Counters for the metrics endpoint; reasons are label values. */
-  readonly counters = { peersRejected: new Map<string, number>() }
+  readonly counters = { peersRejected: new Map<string, number>(), revocationsDropped: new Map<string, number>() }
+  readonly community?: Community
+  private readonly privateKey: PrivateKey
+  private membership?: Membership
+  private revocationSync?: RevocationSync
   private readonly bootstrap: Multiaddr[]
   private readonly minPeers: number
   private readonly blockstore: FsBlockstore | MemoryBlockstore
@@ -77,7 +92,9 @@ export class MeshNode {
   private stopping = false
 
   constructor (init: MeshNodeInit) {
-    this.network = init.network ?? 'default'
+    this.community = init.community
+    this.privateKey = init.privateKey
+    this.network = init.community?.id ?? init.network ?? 'default'
     this.region = init.region
     this.minPeers = init.minPeers ?? 8
     this.bootstrap = (init.bootstrap ?? []).map(parseMultiaddr)
@@ -88,6 +105,7 @@ export class MeshNode {
       network: this.network,
       listen: init.listen ?? ['/ip4/127.0.0.1/tcp/0'],
       gossip: init.gossip,
+      admitPeer: init.community == null ? undefined : (peer) => this.admits(peer),
       connectionGater: {
         denyDialPeer: (peer) => this.isDenied(peer),
         denyInboundEncryptedConnection: (peer) => this.isDenied(peer),
@@ -119,6 +137,8 @@ export class MeshNode {
   async start (): Promise<void> {
     if ('open' in this.blockstore) await this.blockstore.open()
     if ('open' in this.datastore) await this.datastore.open()
+    // The gate goes up before the first connection can open.
+    if (this.community != null) await this.startMembership(this.community)
     try {
       await this.helia.start()
     } catch (err: any) {
@@ -147,6 +167,84 @@ export class MeshNode {
     this.keeper.unref()
   }
 
+  /**
+   * Community nodes check every peer: the membership handshake gates the DHT, gossip, bitswap and
+   * every Mesh protocol, and revocations spread to every member.
+   */
+  private async startMembership (community: Community): Promise<void> {
+    const prefix = protocolPrefix(this.network)
+    this.membership = membership({ libp2p: this.libp2p }, {
+      protocolPrefix: prefix,
+      presentation: () => community.presentation(),
+      verify: async (peer, bytes) => community.verify(peer, bytes),
+      gated: this.gatedProtocols(),
+      onAccepted: (peer) => {
+        // kad-dht skipped this peer when it connected (it was not yet a member): add it now.
+        void (this.libp2p.services.dht as any).routingTable?.add(peer).catch(() => {})
+        if (community.revocations.size > 0) void this.revocationSync?.push(peer, community.revocations.toJSON()).catch(() => {})
+      },
+      onRejected: (peer, reason) => {
+        process.emitWarning(`refused peer ${peer}: ${reason}`, { code: 'MESH_MEMBERSHIP' })
+        void this.refuse(peer, reason)
+      },
+      onRefusedByRemote: (peer, reason) => {
+        process.emitWarning(`peer ${peer} refused us: ${reason}`, { code: 'MESH_MEMBERSHIP' })
+      }
+    })
+    this.revocationSync = revocationSync({ libp2p: this.libp2p }, {
+      protocolPrefix: prefix,
+      all: () => community.revocations.toJSON(),
+      peers: () => [...this.membership?.accepted().keys() ?? []].map(id => peerIdFromString(id)),
+      receive: async (tokens, from) => {
+        const { added, rejected } = await community.addRevocations(tokens)
+        if (rejected > 0) this.count(this.counters.revocationsDropped, 'invalid', rejected)
+        if (added.length > 0) this.enforceRevocations()
+        return added.map(r => r.token)
+      },
+      onDropped: (_from, reason) => { this.count(this.counters.revocationsDropped, reason) }
+    })
+    await this.membership.start()
+    await this.revocationSync.start()
+  }
+
+  /** The protocols only members may use. */
+  gatedProtocols (): string[] {
+    const prefix = protocolPrefix(this.network)
+    return [dhtProtocol(this.network), `${prefix}/bitswap/1.2.0`, `${prefix}/revocations/1.0.0`, ...gossipProtocols(this.network)]
+  }
+
+  /** Revokes a DID or credential ID (this node must be a root or an admin) and tells every member. */
+  async revoke (token: string): Promise<void> {
+    if (this.community == null) throw new UserError('this node is not in a community network')
+    const { added } = await this.community.addRevocations([token])
+    this.enforceRevocations()
+    if (added.length > 0) this.revocationSync?.broadcast([token])
+  }
+
+  /** Hangs up on every connected member whose DID or credential is now revoked. */
+  private enforceRevocations (): void {
+    if (this.community == null || this.membership == null) return
+    for (const [id, verdict] of this.membership.accepted()) {
+      if (this.community.isRevoked(verdict)) {
+        const peer = peerIdFromString(id)
+        this.membership.forget(peer)
+        void this.refuse(peer, 'revoked')
+      }
+    }
+  }
+
+  /** What the DHT may take in or hand out: not refused peers, nor connected ones still unchecked. */
+  private admits (peer: PeerId): boolean {
+    if (this.isDenied(peer)) return false
+    if (this.membership == null) return true
+    if (this.membership.accepted().has(peer.toString())) return true
+    return this.libp2p.getConnections(peer).length === 0
+  }
+
+  private count (counter: Map<string, number>, reason: string, n = 1): void {
+    counter.set(reason, (counter.get(reason) ?? 0) + n)
+  }
+
   private isDenied (peer: PeerId): boolean {
     const until = this.denied.get(peer.toString())
     if (until == null) return false
@@ -160,8 +258,9 @@ export class MeshNode {
    * it for `forMs`. Counted by reason.
    */
   async refuse (peer: PeerId, reason: string, forMs = 10 * 60_000): Promise<void> {
-    this.counters.peersRejected.set(reason, (this.counters.peersRejected.get(reason) ?? 0) + 1)
+    this.count(this.counters.peersRejected, reason)
     this.denied.set(peer.toString(), Date.now() + forMs)
+    await (this.libp2p.services.dht as any).routingTable?.remove(peer).catch(() => {})
     await this.libp2p.hangUp(peer).catch(() => {})
     await this.libp2p.peerStore.delete(peer).catch(() => {})
   }
@@ -206,6 +305,8 @@ export class MeshNode {
   async stop (): Promise<void> {
     this.stopping = true
     if (this.keeper != null) clearInterval(this.keeper)
+    await this.revocationSync?.stop()
+    await this.membership?.stop()
     await this.helia.stop()
     if ('close' in this.blockstore) await this.blockstore.close()
     if ('close' in this.datastore) await this.datastore.close()
@@ -218,16 +319,27 @@ export class MeshNode {
       network: this.network,
       addresses: this.libp2p.getMultiaddrs().map(String),
       protocols: this.libp2p.getProtocols(),
-      region: this.region
+      region: this.region,
+      community: this.community == null
+        ? undefined
+        : {
+            id: this.community.id,
+            name: this.community.name,
+            open: this.community.genesis.record.policy.open,
+            roots: this.community.genesis.record.roots,
+            role: this.community.roleOf(this.did)
+          }
     }
   }
 
   peers (): PeerEntry[] {
     const seen = new Map<string, PeerEntry>()
+    const accepted = this.membership?.accepted()
     for (const conn of this.libp2p.getConnections()) {
       const id = conn.remotePeer.toString()
       if (seen.has(id) && conn.status !== 'open') continue
-      seen.set(id, peerEntry(conn))
+      const verdict = accepted?.get(id)
+      seen.set(id, { ...peerEntry(conn), authenticated: verdict != null, role: verdict?.role })
     }
     return [...seen.values()]
   }

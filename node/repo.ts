@@ -105,6 +105,10 @@ export class Repo {
     }
   }
 
+  async saveConfig (config: MeshConfig): Promise<void> {
+    await writeAtomic(join(this.path, CONFIG_FILE), JSON.stringify(config, null, 2) + '\n', 0o644)
+  }
+
   /** The token that mutating API calls must carry; created on first use. */
   async apiToken (): Promise<string> {
     const file = join(this.path, TOKEN_FILE)
