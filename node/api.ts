@@ -11,29 +11,16 @@ import { didResolver } from '../identity/resolver.ts'
 import { issueCredential, verifyCredential, CredentialError } from '../identity/credentials.ts'
 import { DidResolutionError } from '../identity/resolver.ts'
 import { NetworkError } from '../identity/network.ts'
+import { HttpError, timeoutOf, withTimeout } from './http-kit.ts'
+import { routeModules } from './routes/index.ts'
 import type { Daemon } from './daemon.ts'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 
-export const DEFAULT_TIMEOUT_MS = 30_000
 const MAX_BLOCK_BYTES = 4 * 1024 * 1024
 
 export interface ApiInit {
   daemon: Daemon
   token: string
-}
-
-/** Where a request's waiting ends: `?timeout=ms`, capped, so no call can hang the client forever. */
-function timeoutOf (req: FastifyRequest): number {
-  const t = Number((req.query as any)?.timeout)
-  return Number.isFinite(t) && t > 0 ? Math.min(t, 600_000) : DEFAULT_TIMEOUT_MS
-}
-
-export class HttpError extends Error {
-  readonly status: number
-  constructor (status: number, message: string) {
-    super(message)
-    this.status = status
-  }
 }
 
 export function createApi ({ daemon, token }: ApiInit): FastifyInstance {
@@ -169,16 +156,10 @@ export function createApi ({ daemon, token }: ApiInit): FastifyInstance {
     return { valid: true, ...vc, issuedAt: vc.issuedAt?.toISOString(), expiresAt: vc.expiresAt?.toISOString() }
   })
 
+  for (const add of routeModules) add(app, { daemon, current })
+
   return app
 }
 
-/** Runs `fn` with an abort signal that fires after `ms`, and turns that into a 504 saying what it waited on. */
-export async function withTimeout<T> (ms: number, what: string, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
-  const signal = AbortSignal.timeout(ms)
-  try {
-    return await fn(signal)
-  } catch (err: any) {
-    if (signal.aborted) throw new HttpError(504, `timed out after ${ms / 1000}s waiting for ${what}`)
-    throw err
-  }
-}
+export { HttpError, withTimeout }
+

@@ -2,18 +2,10 @@
 // stdout, progress and logs to stderr, and a failure is one line on stderr with a non-zero exit.
 import { readFile, writeFile } from 'node:fs/promises'
 import { Command, CommanderError, Option } from 'commander'
-import ms from 'ms'
-import { connectClient } from './client.ts'
+import { client, collect, globals, parseDuration, print } from './cli-kit.ts'
+import { commandModules } from './commands/index.ts'
 import { UserError } from './errors.ts'
 import { Repo, defaultRepoPath } from './repo.ts'
-import type { ApiClient } from './client.ts'
-
-interface GlobalOptions {
-  repo: string
-  json?: boolean
-  debug?: boolean
-  timeout: number
-}
 
 const program = new Command('mesh')
   .description('a peer-to-peer edge mesh node')
@@ -24,27 +16,6 @@ const program = new Command('mesh')
   .exitOverride()
   .configureOutput({ outputError: (str, write) => { write(str.replace(/^error: /, 'mesh: ')) } })
   .showSuggestionAfterError(true)
-
-function globals (cmd: Command): GlobalOptions {
-  return cmd.optsWithGlobals() as GlobalOptions
-}
-
-function parseDuration (text: string): number {
-  const n = /^\d+(\.\d+)?$/.test(text) ? Number(text) * 1000 : ms(text as ms.StringValue)
-  if (typeof n !== 'number' || !Number.isFinite(n) || n <= 0) throw new UserError(`not a duration: ${text} (try 30s, 2m or 500ms)`)
-  return n
-}
-
-function print (opts: GlobalOptions, value: unknown, human: () => string): void {
-  process.stdout.write(opts.json === true ? JSON.stringify(value, null, 2) + '\n' : human() + '\n')
-}
-
-async function client (cmd: Command): Promise<ApiClient> {
-  const opts = globals(cmd)
-  return connectClient(new Repo(opts.repo), opts.timeout)
-}
-
-const collect = (value: string, previous: string[] = []): string[] => [...previous, value]
 
 program.command('init')
   .description('create a repo: identity key (0600) and config; never overwrites an identity')
@@ -270,6 +241,8 @@ vc.command('verify')
       throw err
     }
   })
+
+for (const add of commandModules) add(program)
 
 async function main (): Promise<void> {
   try {

@@ -2,6 +2,7 @@
 // The daemon outlives its node: creating or joining a community network restarts the node under
 // the network's protocol prefix while the API (and the CLI's view of it) stays where it is.
 import { createApi } from './api.ts'
+import { nodeFeatures } from './features.ts'
 import { Community } from './community.ts'
 import { UserError } from './errors.ts'
 import { MeshNode, parseMultiaddr } from './mesh-node.ts'
@@ -193,7 +194,10 @@ async function startNode (privateKey: PrivateKey, repo: Repo, config: MeshConfig
     bootstrap: config.bootstrap,
     region: config.region,
     community,
-    storePath: { blocks: repo.blocksPath, datastore: repo.datastorePath }
+    storePath: { blocks: repo.blocksPath, datastore: repo.datastorePath },
+    features: nodeFeatures,
+    repoPath: repo.path,
+    config: config as unknown as Record<string, unknown>
   })
   await node.start()
   return node

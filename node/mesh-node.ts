@@ -18,6 +18,7 @@ import { revocationSync } from '../protocols/revocations.ts'
 import { dhtProtocol, gossipProtocols, libp2pOptions, protocolPrefix } from './libp2p.ts'
 import { UserError } from './errors.ts'
 import type { Community } from './community.ts'
+import type { Feature, FeatureList } from './feature.ts'
 import type { MeshServices } from './libp2p.ts'
 import type { Membership } from '../protocols/membership.ts'
 import type { RevocationSync } from '../protocols/revocations.ts'
@@ -39,6 +40,10 @@ export interface MeshNodeInit {
   minPeers?: number
   /** The community network this node belongs to; its ID replaces `network`. */
   community?: Community
+  /** Capabilities that run on the node (see feature.ts), with the repo they may keep state in. */
+  features?: FeatureList
+  repoPath?: string
+  config?: Record<string, unknown>
 }
 
 export interface PeerEntry {
@@ -82,6 +87,8 @@ export class MeshNode {
   private readonly privateKey: PrivateKey
   private membership?: Membership
   private revocationSync?: RevocationSync
+  /** Running features by name; feature modules export typed getters over this. */
+  readonly features = new Map<string, Feature>()
   private readonly bootstrap: Multiaddr[]
   private readonly minPeers: number
   private readonly blockstore: FsBlockstore | MemoryBlockstore
@@ -120,6 +127,9 @@ export class MeshNode {
     this.helia = withBitswap(withLibp2pLight(helia, options), {
       protocol: `${protocolPrefix(this.network)}/bitswap/1.2.0`
     }) as HeliaWithLibp2p<MeshServices>
+    for (const [name, factory] of init.features ?? []) {
+      this.features.set(name, factory(this, { repoPath: init.repoPath, config: init.config }))
+    }
   }
 
   get libp2p (): Libp2p<MeshServices> {
@@ -162,6 +172,7 @@ export class MeshNode {
         void this.refuse(connection.remotePeer, 'wrong-network')
       }
     })
+    for (const feature of this.features.values()) await feature.start?.()
     await this.dialBootstrap()
     this.keeper = setInterval(() => { void this.keepPeers() }, 10_000)
     this.keeper.unref()
@@ -210,7 +221,10 @@ export class MeshNode {
   /** The protocols only members may use. */
   gatedProtocols (): string[] {
     const prefix = protocolPrefix(this.network)
-    return [dhtProtocol(this.network), `${prefix}/bitswap/1.2.0`, `${prefix}/revocations/1.0.0`, ...gossipProtocols(this.network)]
+    return [
+      dhtProtocol(this.network), `${prefix}/bitswap/1.2.0`, `${prefix}/revocations/1.0.0`, ...gossipProtocols(this.network),
+      ...[...this.features.values()].flatMap(f => f.gatedProtocols?.() ?? [])
+    ]
   }
 
   /** Revokes a DID or credential ID (this node must be a root or an admin) and tells every member. */
@@ -305,6 +319,9 @@ export class MeshNode {
   async stop (): Promise<void> {
     this.stopping = true
     if (this.keeper != null) clearInterval(this.keeper)
+    for (const feature of [...this.features.values()].reverse()) {
+      await feature.stop?.().catch((err: Error) => { process.emitWarning(`stopping a feature: ${err.message}`) })
+    }
     await this.revocationSync?.stop()
     await this.membership?.stop()
     await this.helia.stop()

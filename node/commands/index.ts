@@ -1,0 +1,6 @@
+// Every command module of the CLI, in the order `mesh --help` lists them. A capability adds its
+// commands in a module of its own here (see cli-kit.ts for what a module gets).
+import type { CommandModule } from '../cli-kit.ts'
+
+export const commandModules: CommandModule[] = [
+]
