@@ -124,9 +124,11 @@ export class MeshNode {
       datastore: this.datastore,
       codecs: [dagCbor, dagJson, json]
     })
+    // @helia/bitswap's types name `protocol`, its network reads `protocols`: give both.
+    const bitswapProtocol = `${protocolPrefix(this.network)}/bitswap/1.2.0`
     this.helia = withBitswap(withLibp2pLight(helia, options), {
-      protocol: `${protocolPrefix(this.network)}/bitswap/1.2.0`
-    }) as HeliaWithLibp2p<MeshServices>
+      protocol: bitswapProtocol, protocols: [bitswapProtocol]
+    } as any) as HeliaWithLibp2p<MeshServices>
     for (const [name, factory] of init.features ?? []) {
       this.features.set(name, factory(this, { repoPath: init.repoPath, config: init.config }))
     }
