@@ -20,6 +20,10 @@ export interface FeatureInit {
   config?: Record<string, unknown>
 }
 
+/**
+ * Called when the node is built, before it starts: keep to setting up. `node.libp2p` and
+ * `node.helia` services exist only from `start()` on (Helia creates libp2p as it starts).
+ */
 export type FeatureFactory = (node: MeshNode, init: FeatureInit) => Feature
 
 /** Features by name, in start order. */

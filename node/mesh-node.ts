@@ -97,6 +97,7 @@ export class MeshNode {
   private readonly denied = new Map<string, number>()
   private keeper?: ReturnType<typeof setInterval>
   private stopping = false
+  private gateUp = false
 
   constructor (init: MeshNodeInit) {
     this.community = init.community
@@ -149,8 +150,6 @@ export class MeshNode {
   async start (): Promise<void> {
     if ('open' in this.blockstore) await this.blockstore.open()
     if ('open' in this.datastore) await this.datastore.open()
-    // The gate goes up before the first connection can open.
-    if (this.community != null) await this.startMembership(this.community)
     try {
       await this.helia.start()
     } catch (err: any) {
@@ -165,6 +164,12 @@ export class MeshNode {
     // registered during start update concurrently; on a disk datastore an update can be lost
     // (bitswap went missing after a restart). Set the entry from the registrar once all are in,
     // and identify-push tells peers that connected meanwhile.
+    // Helia hands out its libp2p only once started, so the membership gate goes up now; until it
+    // is up, the connection gater refuses every peer of a community node.
+    if (this.community != null) {
+      await this.startMembership(this.community)
+      this.gateUp = true
+    }
     await this.libp2p.peerStore.patch(this.peerId, { protocols: this.libp2p.getProtocols() })
     this.libp2p.addEventListener('peer:identify', (evt) => {
       const { connection, protocols } = evt.detail
@@ -262,6 +267,7 @@ export class MeshNode {
   }
 
   private isDenied (peer: PeerId): boolean {
+    if (this.community != null && !this.gateUp) return true
     const until = this.denied.get(peer.toString())
     if (until == null) return false
     if (until > Date.now()) return true

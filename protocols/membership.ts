@@ -136,16 +136,18 @@ export function membership (components: { libp2p: Libp2p }, init: MembershipInit
     accepted.delete(key)
   }
 
-  // A stream waits here until its peer's verdict is in; then it goes on or is aborted.
+  // A stream waits here until its peer's verdict is in; then it goes on, or the throw makes libp2p
+  // abort it (and fail the dial, for our own outbound streams).
   const gate = async (stream: Stream, connection: Connection, next: (s: Stream, c: Connection) => void): Promise<void> => {
     const verdict = await entry(connection.remotePeer).promise
-    if (verdict.ok) next(stream, connection)
-    else stream.abort(new Error(`peer is not a member of this network (${verdict.reason})`))
+    if (!verdict.ok) throw new Error(`peer is not a member of this network (${verdict.reason})`)
+    next(stream, connection)
   }
 
   return {
     async start () {
       running = true
+      copyMiddlewareChains(libp2p)
       await libp2p.handle(protocol, handle, { maxInboundStreams: 2, maxOutboundStreams: 2 })
       for (const p of init.gated) libp2p.use(p, gate)
       libp2p.addEventListener('peer:connect', onConnect)
@@ -176,4 +178,18 @@ export function membership (components: { libp2p: Libp2p }, init: MembershipInit
       accepted.delete(key)
     }
   }
+}
+
+/**
+ * libp2p 3.3.11 appends each incoming stream's handler to the very array the registrar keeps for a
+ * protocol's middleware, so with any middleware registered the chain grows by one handler per
+ * stream and handlers run again on spent streams (DHT queries then hang). Until that is fixed
+ * upstream, the registrar hands out copies.
+ */
+function copyMiddlewareChains (libp2p: Libp2p): void {
+  const registrar = (libp2p as any).components?.registrar
+  if (registrar == null || typeof registrar.getMiddleware !== 'function' || registrar.meshCopiesChains === true) return
+  const original = registrar.getMiddleware.bind(registrar)
+  registrar.getMiddleware = (protocol: string) => [...original(protocol)]
+  registrar.meshCopiesChains = true
 }
