@@ -75,6 +75,8 @@ export async function startDaemon (opts: DaemonOptions): Promise<Daemon> {
 
   async function switchTo (next: Community, bootstrap: string[]): Promise<void> {
     const old = node
+    // Keep the ports: peers and invites already carry this node's addresses.
+    config.listen = keepPorts(config.listen, old.identity().addresses)
     await old.stop()
     community = next
     config.bootstrap = bootstrap
@@ -226,6 +228,13 @@ export async function joinRepo (repo: Repo, text: string, did: string): Promise<
   await Community.create(repo.path, invite.genesis, invite.credential)
   await repo.saveConfig({ ...await repo.loadConfig(), network: invite.genesis.id, bootstrap: invite.bootstrap })
   return invite
+}
+
+/** Listen addresses with each `/tcp/0` replaced by a port the running node actually bound. */
+export function keepPorts (listen: string[], bound: string[]): string[] {
+  const explicit = new Set(listen.map(l => /\/tcp\/(\d+)/.exec(l)?.[1]).filter(p => p != null && p !== '0'))
+  const ports = [...new Set(bound.map(b => /\/tcp\/(\d+)/.exec(b)?.[1]).filter((p): p is string => p != null && !explicit.has(p)))]
+  return listen.map(l => /\/tcp\/0(\/|$)/.test(l) && ports.length > 0 ? l.replace(/\/tcp\/0(?=\/|$)/, `/tcp/${ports.shift()}`) : l)
 }
 
 function parseHostPort (text: string): [string, number] {

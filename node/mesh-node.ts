@@ -19,7 +19,7 @@ import { dhtProtocol, gossipProtocols, libp2pOptions, protocolPrefix } from './l
 import { UserError } from './errors.ts'
 import type { Community } from './community.ts'
 import type { Feature, FeatureList } from './feature.ts'
-import type { MeshServices } from './libp2p.ts'
+import type { Libp2pInit, MeshServices } from './libp2p.ts'
 import type { Membership } from '../protocols/membership.ts'
 import type { RevocationSync } from '../protocols/revocations.ts'
 import type { HeliaWithLibp2p } from '@helia/libp2p'
@@ -44,6 +44,8 @@ export interface MeshNodeInit {
   features?: FeatureList
   repoPath?: string
   config?: Record<string, unknown>
+  /** Replaces TCP, for simulations on `@libp2p/memory` (see libp2pOptions). */
+  transports?: Libp2pInit['transports']
 }
 
 export interface PeerEntry {
@@ -84,7 +86,8 @@ export class MeshNode {
   /** Counters for the metrics endpoint; reasons are label values. */
   readonly counters = { peersRejected: new Map<string, number>(), revocationsDropped: new Map<string, number>() }
   readonly community?: Community
-  private readonly privateKey: PrivateKey
+  /** The node's identity key, for features that sign (descriptors, manifests). */
+  readonly privateKey: PrivateKey
   private membership?: Membership
   private revocationSync?: RevocationSync
   /** Running features by name; feature modules export typed getters over this. */
@@ -97,6 +100,9 @@ export class MeshNode {
   private readonly denied = new Map<string, number>()
   private keeper?: ReturnType<typeof setInterval>
   private stopping = false
+  private keeping = false
+  /** Aborted on stop, so no dial outlives the node. */
+  private readonly lifetime = new AbortController()
   private gateUp = false
 
   constructor (init: MeshNodeInit) {
@@ -113,6 +119,7 @@ export class MeshNode {
       network: this.network,
       listen: init.listen ?? ['/ip4/127.0.0.1/tcp/0'],
       gossip: init.gossip,
+      transports: init.transports,
       admitPeer: init.community == null ? undefined : (peer) => this.admits(peer),
       connectionGater: {
         denyDialPeer: (peer) => this.isDenied(peer),
@@ -125,11 +132,10 @@ export class MeshNode {
       datastore: this.datastore,
       codecs: [dagCbor, dagJson, json]
     })
-    // @helia/bitswap's types name `protocol`, its network reads `protocols`: give both.
-    const bitswapProtocol = `${protocolPrefix(this.network)}/bitswap/1.2.0`
-    this.helia = withBitswap(withLibp2pLight(helia, options), {
-      protocol: bitswapProtocol, protocols: [bitswapProtocol]
-    } as any) as HeliaWithLibp2p<MeshServices>
+    // Bitswap keeps its standard protocol ID: @helia/bitswap 4 dials `/ipfs/bitswap/1.2.0` whatever
+    // it is told to handle. Peers of other networks are hung up on, and in a community network the
+    // membership gate covers it.
+    this.helia = withBitswap(withLibp2pLight(helia, options)) as HeliaWithLibp2p<MeshServices>
     for (const [name, factory] of init.features ?? []) {
       this.features.set(name, factory(this, { repoPath: init.repoPath, config: init.config }))
     }
@@ -229,7 +235,7 @@ export class MeshNode {
   gatedProtocols (): string[] {
     const prefix = protocolPrefix(this.network)
     return [
-      dhtProtocol(this.network), `${prefix}/bitswap/1.2.0`, `${prefix}/revocations/1.0.0`, ...gossipProtocols(this.network),
+      dhtProtocol(this.network), BITSWAP_PROTOCOL, `${prefix}/revocations/1.0.0`, ...gossipProtocols(this.network),
       ...[...this.features.values()].flatMap(f => f.gatedProtocols?.() ?? [])
     ]
   }
@@ -287,15 +293,24 @@ export class MeshNode {
     await this.libp2p.peerStore.delete(peer).catch(() => {})
   }
 
+  /**
+   * Dials the bootstrap list (start waits for these dials, at most 10 s); filling up to `minPeers`
+   * goes on in the background, so a slow or refusing peer never holds up a node's start.
+   */
   private async dialBootstrap (): Promise<void> {
     await Promise.all(this.bootstrap.map(async (ma) => {
       try {
-        await this.libp2p.dial(ma, { signal: AbortSignal.timeout(10_000) })
+        await this.libp2p.dial(ma, { signal: this.within(10_000) })
       } catch (err: any) {
-        process.emitWarning(`bootstrap ${ma} unreachable: ${err.message}`)
+        if (!this.stopping) process.emitWarning(`bootstrap ${ma} unreachable: ${err.message}`)
       }
     }))
-    await this.keepPeers()
+    void this.keepPeers()
+  }
+
+  /** A signal that fires after `ms`, or when the node stops. */
+  private within (ms: number): AbortSignal {
+    return AbortSignal.any([AbortSignal.timeout(ms), this.lifetime.signal])
   }
 
   /**
@@ -304,8 +319,19 @@ export class MeshNode {
    * restart) and, if it still has none, its bootstrap list again.
    */
   private async keepPeers (): Promise<void> {
-    if (this.stopping) return
-    await Promise.all(this.libp2p.getConnections().map(async c => this.ensureIdentified(c, { signal: AbortSignal.timeout(5_000) })))
+    if (this.stopping || this.keeping) return
+    this.keeping = true
+    try {
+      await this.fillPeers()
+    } catch {
+      // A failed round is retried by the next tick.
+    } finally {
+      this.keeping = false
+    }
+  }
+
+  private async fillPeers (): Promise<void> {
+    await Promise.all(this.libp2p.getConnections().map(async c => this.ensureIdentified(c, { signal: this.within(5_000) })))
     const connected = new Set(this.libp2p.getConnections().map(c => c.remotePeer.toString()))
     if (connected.size >= this.minPeers) return
     const self = this.peerId.toString()
@@ -317,15 +343,16 @@ export class MeshNode {
     }
     const wanted = this.minPeers - connected.size
     await Promise.all(candidates.sort(() => Math.random() - 0.5).slice(0, wanted).map(async (id) => {
-      await this.libp2p.dial(id, { signal: AbortSignal.timeout(5_000) }).catch(() => {})
+      await this.libp2p.dial(id, { signal: this.within(5_000) }).catch(() => {})
     }))
     if (this.libp2p.getConnections().length === 0 && this.bootstrap.length > 0 && !this.stopping) {
-      await Promise.all(this.bootstrap.map(async ma => this.libp2p.dial(ma, { signal: AbortSignal.timeout(5_000) }).catch(() => {})))
+      await Promise.all(this.bootstrap.map(async ma => this.libp2p.dial(ma, { signal: this.within(5_000) }).catch(() => {})))
     }
   }
 
   async stop (): Promise<void> {
     this.stopping = true
+    this.lifetime.abort()
     if (this.keeper != null) clearInterval(this.keeper)
     for (const feature of [...this.features.values()].reverse()) {
       await feature.stop?.().catch((err: Error) => { process.emitWarning(`stopping a feature: ${err.message}`) })
@@ -422,6 +449,8 @@ function peerEntry (conn: Connection): PeerEntry {
     authenticated: false
   }
 }
+
+const BITSWAP_PROTOCOL = '/ipfs/bitswap/1.2.0'
 
 export function parseMultiaddr (text: string): Multiaddr {
   try {

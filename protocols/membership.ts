@@ -91,12 +91,23 @@ export function membership (components: { libp2p: Libp2p }, init: MembershipInit
   async function handle (stream: Stream, connection: Connection): Promise<void> {
     const lp = lpStream(stream, { maxDataLength: maxBytes })
     const e = entry(connection.remotePeer)
+    let bytes: Uint8Array
+    try {
+      bytes = (await lp.read({ signal: AbortSignal.timeout(timeoutMs) })).subarray()
+    } catch (err: any) {
+      if (err?.name === 'InvalidDataLengthError') {
+        e.settle({ ok: false, reason: 'too-large' })
+      }
+      // Otherwise the peer hung up or went quiet mid-handshake: no verdict on that (a peer we
+      // refuse hangs up on us too); the timer decides if it stays connected and silent.
+      stream.abort(new Error('membership presentation not received'))
+      return
+    }
     let verdict: Verdict
     try {
-      const bytes = (await lp.read({ signal: AbortSignal.timeout(timeoutMs) })).subarray()
       verdict = await init.verify(connection.remotePeer, bytes)
-    } catch (err: any) {
-      verdict = { ok: false, reason: err?.name === 'InvalidDataLengthError' ? 'too-large' : 'malformed' }
+    } catch {
+      verdict = { ok: false, reason: 'malformed' }
     }
     e.settle(verdict)
     try {

@@ -1,6 +1,12 @@
 // Every command module of the CLI, in the order `mesh --help` lists them. A capability adds its
 // commands in a module of its own here (see cli-kit.ts for what a module gets).
 import type { CommandModule } from '../cli-kit.ts'
+import { artifactCommands } from './artifacts.ts'
+import { nodeCommands } from './nodes.ts'
+import { docCommands } from './docs.ts'
 
 export const commandModules: CommandModule[] = [
+  artifactCommands,
+  nodeCommands,
+  docCommands,
 ]

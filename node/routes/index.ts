@@ -4,6 +4,9 @@
 import type { Daemon } from '../daemon.ts'
 import type { MeshNode } from '../mesh-node.ts'
 import type { FastifyInstance } from 'fastify'
+import { artifactRoutes } from './artifacts.ts'
+import { nodeRoutes } from './nodes.ts'
+import { docRoutes } from './docs.ts'
 
 export interface RouteContext {
   daemon: Daemon
@@ -13,4 +16,7 @@ export interface RouteContext {
 export type RouteModule = (app: FastifyInstance, ctx: RouteContext) => void
 
 export const routeModules: RouteModule[] = [
+  artifactRoutes,
+  nodeRoutes,
+  docRoutes,
 ]

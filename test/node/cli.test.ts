@@ -54,7 +54,8 @@ describe('mesh CLI and node processes', () => {
     assert.ok(a.info.addresses.some(addr => addr.startsWith('/ip4/127.0.0.1/tcp/')))
     assert.match(a.info.api, /^http:\/\/127\.0\.0\.1:\d+$/)
     const first = a.info
-    assert.equal(await stopNode(a), 0, 'SIGTERM stops the node cleanly')
+    const code = await stopNode(a)
+    assert.equal(code, 0, `SIGTERM stops the node cleanly (signal ${a.child.signalCode}): ${a.stderr()}`)
     a = await startNode(repo)
     nodes.push(a)
     assert.equal(a.info.peerId, first.peerId)

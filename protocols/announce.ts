@@ -1,0 +1,137 @@
+// How Edge-Node Descriptors travel. Two paths, because gossip alone loses whatever was said before
+// a node joined:
+//
+// - push: signed envelopes on the gossipsub topic `/mesh/<network>/descriptors`. Every message is
+//   size-checked and handed to `receive` inside gossipsub's validator, so an invalid one is neither
+//   delivered nor forwarded, and its sender's score drops.
+// - pull: `/mesh/<network>/descriptors/1.0.0`. The dialer sends nothing; the listener writes a
+//   length-prefixed count, then that many length-prefixed envelopes (everything live it holds),
+//   and closes. A node asks each peer it meets, so it learns the whole registry within a round trip.
+//
+// This module only moves bytes: verifying and storing envelopes is the caller's (`receive`).
+import { lpStream } from '@libp2p/utils'
+import type { GossipSub } from '@libp2p/gossipsub'
+import type { Connection, Libp2p, PeerId, Stream } from '@libp2p/interface'
+
+export type Verdict = 'accept' | 'ignore' | 'reject'
+
+export interface AnnounceInit {
+  network: string
+  /** Verifies and stores one envelope. 'accept' = new to us; 'ignore' = valid but not newer; 'reject' = invalid. */
+  receive: (bytes: Uint8Array, from: PeerId, via: 'gossip' | 'pull') => Promise<Verdict>
+  /** Every live envelope this node holds, its own included. */
+  all: () => Uint8Array[]
+  /** Bound on one envelope. */
+  maxBytes: number
+  /** Bound on how many envelopes one pull answer may carry. Default 10 000. */
+  maxEntries?: number
+  /** A message refused before `receive` saw it (too large, malformed framing, unsigned). */
+  onDropped?: (reason: string) => void
+}
+
+export interface Announce {
+  readonly topic: string
+  readonly protocol: string
+  start: () => Promise<void>
+  stop: () => Promise<void>
+  /** Gossips one envelope; resolves even when no peer listens yet (the pull path covers that). */
+  publish: (bytes: Uint8Array) => Promise<void>
+  /** Asks one peer for every live descriptor it holds; feeds each to `receive`. Returns how many arrived. */
+  pull: (peer: PeerId, options?: { signal?: AbortSignal }) => Promise<{ received: number, accepted: number }>
+}
+
+export function descriptorTopic (network: string): string {
+  return `/mesh/${network}/descriptors`
+}
+
+export function descriptorProtocol (network: string): string {
+  return `/mesh/${network}/descriptors/1.0.0`
+}
+
+export function announce (components: { libp2p: Libp2p<{ pubsub?: GossipSub }> }, init: AnnounceInit): Announce {
+  const { libp2p } = components
+  const topic = descriptorTopic(init.network)
+  const protocol = descriptorProtocol(init.network)
+  const maxEntries = init.maxEntries ?? 10_000
+  const pubsub = libp2p.services.pubsub
+  const encoder = new TextEncoder()
+
+  async function validate (from: PeerId, msg: { type: string, data: Uint8Array }): Promise<Verdict> {
+    if (msg.type !== 'signed') {
+      init.onDropped?.('unsigned')
+      return 'reject'
+    }
+    if (msg.data.length > init.maxBytes) {
+      init.onDropped?.('too-large')
+      return 'reject'
+    }
+    return await init.receive(msg.data, from, 'gossip').catch(() => 'reject' as const)
+  }
+
+  async function serve (stream: Stream, _connection: Connection): Promise<void> {
+    try {
+      const signal = AbortSignal.timeout(30_000)
+      const entries = init.all().slice(0, maxEntries)
+      const lp = lpStream(stream, { maxDataLength: init.maxBytes })
+      await lp.write(encoder.encode(String(entries.length)), { signal })
+      for (const bytes of entries) await lp.write(bytes, { signal })
+      await stream.close({ signal })
+    } catch (err: any) {
+      stream.abort(err)
+    }
+  }
+
+  return {
+    topic,
+    protocol,
+    async start () {
+      await libp2p.handle(protocol, serve, { maxInboundStreams: 32, maxOutboundStreams: 32 })
+      if (pubsub != null) {
+        pubsub.topicValidators.set(topic, validate as any)
+        pubsub.subscribe(topic)
+      }
+    },
+    async stop () {
+      if (pubsub != null) {
+        pubsub.unsubscribe(topic)
+        pubsub.topicValidators.delete(topic)
+      }
+      await libp2p.unhandle(protocol).catch(() => {})
+    },
+    async publish (bytes) {
+      if (pubsub == null) return
+      await pubsub.publish(topic, bytes).catch(() => {})
+    },
+    async pull (peer, options = {}) {
+      const signal = options.signal ?? AbortSignal.timeout(15_000)
+      const stream = await libp2p.dialProtocol(peer, protocol, { signal })
+      let received = 0
+      let accepted = 0
+      try {
+        const lp = lpStream(stream, { maxDataLength: init.maxBytes })
+        const header = new TextDecoder().decode((await lp.read({ signal })).subarray())
+        const count = /^\d{1,6}$/.test(header) ? Number(header) : Number.NaN
+        if (!(count <= maxEntries)) {
+          init.onDropped?.('malformed')
+          throw new Error(`peer ${peer} sent a bad descriptor count`)
+        }
+        for (let i = 0; i < count; i++) {
+          let bytes: Uint8Array
+          try {
+            bytes = (await lp.read({ signal })).subarray()
+          } catch (err: any) {
+            if (err?.name === 'InvalidDataLengthError') init.onDropped?.('too-large')
+            throw err
+          }
+          received++
+          if (await init.receive(bytes, peer, 'pull') === 'accept') accepted++
+        }
+        await stream.close({ signal }).catch(() => {})
+      } catch (err: any) {
+        stream.abort(err)
+        throw err
+      }
+      return { received, accepted }
+    }
+  }
+}
