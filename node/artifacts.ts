@@ -82,6 +82,16 @@ export function artifactsOf (node: MeshNode): Artifacts {
   return feature as Artifacts
 }
 
+/**
+ * Refuses a CID that cannot name an artifact manifest (manifests are dag-cbor blocks), such as
+ * the module's own raw/UnixFS CID. One line, at once, without asking the mesh.
+ */
+export function requireManifestCid (ref: string, cid: CID): void {
+  if (cid.code !== dagCbor.code) {
+    throw new UserError(`${ref} is not an artifact manifest CID (manifests are dag-cbor, bafyrei…); use the manifest CID that publish printed, or name@version`)
+  }
+}
+
 export const artifacts: FeatureFactory = (node, init) => {
   const resolveProtocol = `${protocolPrefix(node.network)}/artifacts/resolve/1.0.0`
   const fs = unixfs(node.helia)
@@ -253,16 +263,16 @@ export const artifacts: FeatureFactory = (node, init) => {
   }
 
   async function resolve (ref: string, options: { signal?: AbortSignal } = {}): Promise<Resolved> {
+    const parsed = parseArtifactRef(ref)
+    // Checked before the local index: a module CID names no manifest (two manifests may share one
+    // module), so it is refused whether or not this node happens to hold that module.
+    if (parsed.kind === 'cid') requireManifestCid(ref, parsed.cid)
     const local = localMatches(ref)[0]
     if (local != null) {
       const { manifest } = await decodeManifest(await getBlock(CID.parse(local.manifest), options.signal))
       return { manifestCid: CID.parse(local.manifest), manifest }
     }
-    const parsed = parseArtifactRef(ref)
     if (parsed.kind === 'name') return resolveName(parsed.name, parsed.version, options.signal)
-    if (parsed.cid.code !== dagCbor.code) {
-      throw new UserError(`${ref} is not an artifact manifest CID (manifests are dag-cbor, bafyrei…); fetch by the manifest CID that publish printed, or by name@version`)
-    }
     const block = await getBlock(parsed.cid, options.signal)
     const { manifest } = await decodeManifest(block)
     await checkPublisher(manifest)

@@ -5,7 +5,7 @@
 import { parsePeerOrDid } from '../identity/did-key.ts'
 import { failure, invokeProtocol, validateRequest } from '../protocols/invoke.ts'
 import { parseArtifactRef } from '../registry/artifact.ts'
-import { artifactsOf } from './artifacts.ts'
+import { artifactsOf, requireManifestCid } from './artifacts.ts'
 import { UserError } from './errors.ts'
 import { protocolPrefix } from './libp2p.ts'
 import { createWasmRuntime } from './wasm/runtime.ts'
@@ -140,6 +140,7 @@ export const functions: FeatureFactory = (node, init) => {
       // A manifest CID goes to the serving node as it is (it verifies what it runs); only a name
       // is resolved here, so that the serving node is told an exact manifest.
       const parsed = parseArtifactRef(ref)
+      if (parsed.kind === 'cid') requireManifestCid(ref, parsed.cid)
       const manifestCid = parsed.kind === 'cid' && peer != null
         ? parsed.cid
         : (await artifactsOf(node).resolve(ref, { signal: options.signal })).manifestCid

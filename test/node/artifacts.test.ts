@@ -1,5 +1,6 @@
 // Integration: Wasm artifacts and functions across real `mesh start` processes, driven by the CLI.
 import assert from 'node:assert/strict'
+import { execFile } from 'node:child_process'
 import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
@@ -8,7 +9,7 @@ import { FsBlockstore } from 'blockstore-fs'
 import { CID } from 'multiformats/cid'
 import { sha256 } from 'multiformats/hashes/sha2'
 import { buildWasmFixtures } from '../../scripts/build-wasm-fixtures.ts'
-import { mesh, meshJson, startNode, stopNode, tempDirs, waitFor } from '../helpers/process.ts'
+import { MESH_BIN, mesh, meshJson, startNode, stopNode, tempDirs, waitFor } from '../helpers/process.ts'
 import type { NodeProcess } from '../helpers/process.ts'
 
 function assertOneLineError (r: { code: number | null, stderr: string }, pattern: RegExp): void {
@@ -16,6 +17,18 @@ function assertOneLineError (r: { code: number | null, stderr: string }, pattern
   const lines = r.stderr.split('\n').filter(l => l !== '' && !l.includes('ExperimentalWarning') && !l.startsWith('(node:') && !l.includes('--trace-warnings'))
   assert.equal(lines.length, 1, `expected one line on stderr, got:\n${r.stderr}`)
   assert.match(lines[0], pattern)
+}
+
+/** Like `mesh`, but keeps stdout as raw bytes: `mesh` decodes it as UTF-8, which mangles binary output. */
+async function meshBytes (args: string[], timeoutMs = 60_000): Promise<{ code: number | null, stdout: Uint8Array, stderr: string }> {
+  const env = { ...process.env }
+  delete env.MESH_REPO
+  delete env.NODE_TEST_CONTEXT
+  return new Promise((resolve) => {
+    execFile(process.execPath, [MESH_BIN, ...args], { timeout: timeoutMs, env, encoding: 'buffer', maxBuffer: 64 * 1024 * 1024 }, (err: any, stdout, stderr) => {
+      resolve({ code: err == null ? 0 : (typeof err.code === 'number' ? err.code : null), stdout: new Uint8Array(stdout), stderr: stderr.toString() })
+    })
+  })
 }
 
 describe('artifacts and functions across nodes', () => {
@@ -77,8 +90,10 @@ describe('artifacts and functions across nodes', () => {
     const again = await mesh(['artifact', 'fetch', 'echo@1.0.0', '-o', byName, '--repo', b.repo])
     assert.equal(again.code, 0, again.stderr)
     assert.deepEqual(new Uint8Array(await readFile(byName)), wasm.echo)
-    const bytesOut = await mesh(['artifact', 'fetch', 'echo@1.0.0', '--repo', b.repo])
-    assert.equal(bytesOut.stdout.length, wasm.echo.length)
+    // With no -o, the exact bytes go to stdout (and nothing else does).
+    const bytesOut = await meshBytes(['artifact', 'fetch', 'echo@1.0.0', '--repo', b.repo])
+    assert.equal(bytesOut.code, 0, bytesOut.stderr)
+    assert.deepEqual(bytesOut.stdout, wasm.echo)
   })
 
   it('invokes on a remote node with args, env and stdin: exact stdout, stderr and exit code', async () => {
@@ -119,7 +134,9 @@ describe('artifacts and functions across nodes', () => {
     const unknown = CID.createV1(dagCbor.code, await sha256.digest(new TextEncoder().encode('no such manifest')))
     assertOneLineError(await mesh(['artifact', 'fetch', unknown.toString(), '--timeout', '3s', '--repo', b.repo]), /timed out after 3s waiting for artifact/)
     assertOneLineError(await mesh(['artifact', 'fetch', 'not-a-cid', '--repo', b.repo]), /not an artifact reference/)
+    // B holds echo by now, module included: a module CID is still no manifest, wherever it is held.
     assertOneLineError(await mesh(['artifact', 'fetch', echo.cid, '--repo', b.repo]), /not an artifact manifest CID/)
+    assertOneLineError(await mesh(['fn', 'invoke', echo.cid, '--node', a.info.peerId, '--repo', b.repo]), /not an artifact manifest CID/)
     assertOneLineError(await mesh(['fn', 'invoke', 'nothing@9', '--timeout', '5s', '--repo', b.repo]), /no node in the mesh has nothing@9|timed out/)
   })
 
