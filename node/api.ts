@@ -13,6 +13,7 @@ import { DidResolutionError } from '../identity/resolver.ts'
 import { NetworkError } from '../identity/network.ts'
 import { HttpError, timeoutOf, withTimeout } from './http-kit.ts'
 import { routeModules } from './routes/index.ts'
+import { traceRequests } from './tracing.ts'
 import type { Daemon } from './daemon.ts'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 
@@ -28,6 +29,7 @@ export function createApi ({ daemon, token }: ApiInit): FastifyInstance {
   const current = (): Daemon['node'] => daemon.node
   const resolver = didResolver()
   const app = Fastify({ logger: false, bodyLimit: MAX_BLOCK_BYTES })
+  traceRequests(app)
   const expected = Buffer.from(`Bearer ${token}`)
 
   app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer' }, (_req, body, done) => { done(null, body) })

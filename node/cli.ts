@@ -39,12 +39,18 @@ program.command('start')
   .option('--bootstrap <multiaddr>', 'a peer to join the mesh through (repeatable)', collect)
   .option('--network <name>', 'network name (protocol prefix of the DHT and every Mesh protocol)')
   .option('--region <region>', 'this node\'s region, e.g. eu-west')
+  .option('--log-level <level>', 'fatal, error, warn (default), info, debug, trace or silent; logs are JSON lines on stderr')
   .action(async (o, cmd) => {
     const opts = globals(cmd)
+    const { setupLogging } = await import('./log.ts')
+    const { startTracing } = await import('./tracing.ts')
+    try { setupLogging(o.logLevel) } catch (err: any) { throw new UserError(err.message) }
+    const tracing = await startTracing()
     // Loaded here so that the client commands start fast: the node's stack is heavy.
     const { startDaemon } = await import('./daemon.ts')
     const daemon = await startDaemon({ repo: opts.repo, listen: o.listen, api: o.api, bootstrap: o.bootstrap, network: o.network, region: o.region })
     const id = daemon.node.identity()
+    tracing.setNodeAttributes({ 'service.instance.id': id.peerId, 'mesh.node.did': id.did })
     // One line of JSON, so a supervisor (or a test) can read it as soon as the node is up.
     if (opts.json === true) process.stdout.write(JSON.stringify({ ...id, api: `http://${daemon.apiAddress}` }) + '\n')
     else process.stdout.write([
@@ -74,6 +80,7 @@ program.command('start')
       process.on('SIGINT', onSignal)
       process.on('SIGTERM', onSignal)
     })
+    await tracing.shutdown()
     process.stderr.write('mesh: stopped\n')
     process.exit(0)
   })

@@ -7,6 +7,8 @@ import { Community } from './community.ts'
 import { UserError } from './errors.ts'
 import { MeshNode, parseMultiaddr } from './mesh-node.ts'
 import { Repo } from './repo.ts'
+import { libp2pMetrics, useRegistry } from './telemetry.ts'
+import { Registry } from 'prom-client'
 import { createGenesis, createInvite, issueMembership, parseInvite, createRevocation } from '../identity/network.ts'
 import { didFromPeerId } from '../identity/did-key.ts'
 import type { MeshConfig } from './repo.ts'
@@ -189,7 +191,9 @@ export async function startDaemon (opts: DaemonOptions): Promise<Daemon> {
 }
 
 async function startNode (privateKey: PrivateKey, repo: Repo, config: MeshConfig, community: Community | undefined): Promise<MeshNode> {
+  const registry = new Registry()
   const node = new MeshNode({
+    metrics: libp2pMetrics(registry),
     privateKey,
     network: config.network,
     listen: config.listen,
@@ -201,6 +205,7 @@ async function startNode (privateKey: PrivateKey, repo: Repo, config: MeshConfig
     repoPath: repo.path,
     config: config as unknown as Record<string, unknown>
   })
+  useRegistry(node, registry)
   await node.start()
   return node
 }

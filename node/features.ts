@@ -5,10 +5,12 @@ import { functions } from './functions.ts'
 import { documents } from './documents.ts'
 
 import { descriptorsFeature } from './descriptors.ts'
+import { telemetry } from './telemetry.ts'
 
 export const nodeFeatures: FeatureList = [
   ['artifacts', artifacts],
   ['functions', functions],
   ['descriptors', descriptorsFeature],
   ['docs', documents],
+  ['telemetry', telemetry],
 ]

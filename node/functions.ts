@@ -9,6 +9,8 @@ import { artifactsOf, requireManifestCid } from './artifacts.ts'
 import { UserError } from './errors.ts'
 import { protocolPrefix } from './libp2p.ts'
 import { createWasmRuntime } from './wasm/runtime.ts'
+import { observeInvocation } from './telemetry.ts'
+import { tracedCall } from './tracing.ts'
 import type { InvokeLimits, InvokeProtocol, InvokeRequest, InvokeResponse } from '../protocols/invoke.ts'
 import type { Feature, FeatureFactory } from './feature.ts'
 import type { MeshNode } from './mesh-node.ts'
@@ -118,7 +120,7 @@ export const functions: FeatureFactory = (node, init) => {
       })
       protocol = invokeProtocol({ libp2p: node.libp2p }, {
         protocolPrefix: protocolPrefix(node.network),
-        run: async (request) => run(request)
+        run: async (request, from) => observeInvocation(node, request, from.toString(), async () => run(request))
       })
       await protocol.start()
     },
@@ -145,9 +147,11 @@ export const functions: FeatureFactory = (node, init) => {
         ? parsed.cid
         : (await artifactsOf(node).resolve(ref, { signal: options.signal })).manifestCid
       const request = validateRequest({ artifact: manifestCid, args: call.args, env: call.env, stdin: call.stdin, limits: call.limits })
-      if (peer == null || protocol == null) return { ...await run(request, options.signal), node: node.peerId.toString() }
+      if (peer == null || protocol == null) return { ...await observeInvocation(node, request, undefined, async () => run(request, options.signal)), node: node.peerId.toString() }
       try {
-        return { ...await protocol.call(peer, request, { signal: options.signal }), node: peer.toString() }
+        const p = protocol
+        const to = peer
+        return { ...await tracedCall(to.toString(), request, async (req) => p.call(to, req, { signal: options.signal })), node: peer.toString() }
       } catch (err: any) {
         if (options.signal?.aborted === true) throw err
         throw new UserError(`cannot invoke on ${peer}: ${err.message}`)

@@ -46,6 +46,8 @@ export interface MeshNodeInit {
   config?: Record<string, unknown>
   /** Replaces TCP, for simulations on `@libp2p/memory` (see libp2pOptions). */
   transports?: Libp2pInit['transports']
+  /** libp2p's metrics (node/telemetry.ts). */
+  metrics?: Libp2pInit['metrics']
 }
 
 export interface PeerEntry {
@@ -92,7 +94,7 @@ export class MeshNode {
   private revocationSync?: RevocationSync
   /** Running features by name; feature modules export typed getters over this. */
   readonly features = new Map<string, Feature>()
-  private readonly bootstrap: Multiaddr[]
+  readonly bootstrap: Multiaddr[]
   private readonly minPeers: number
   private readonly blockstore: FsBlockstore | MemoryBlockstore
   private readonly datastore: FsDatastore | MemoryDatastore
@@ -120,6 +122,7 @@ export class MeshNode {
       listen: init.listen ?? ['/ip4/127.0.0.1/tcp/0'],
       gossip: init.gossip,
       transports: init.transports,
+      metrics: init.metrics,
       admitPeer: init.community == null ? undefined : (peer) => this.admits(peer),
       connectionGater: {
         denyDialPeer: (peer) => this.isDenied(peer),

@@ -31,6 +31,8 @@ export interface InvokeRequest {
   env: Record<string, string>
   stdin: Uint8Array
   limits: InvokeLimits
+  /** The caller's W3C trace context, so the serving node's span joins the caller's trace. */
+  traceparent?: string
 }
 
 /** The runtime's outcomes, plus 'busy' (at capacity, try another node) and 'error' (could not run). */
@@ -76,7 +78,8 @@ export function validateRequest (value: unknown): InvokeRequest {
     if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) fail(`limits.${k} must be a positive number`)
     out[k as keyof InvokeLimits] = v as number
   }
-  return { artifact, args, env: env as Record<string, string>, stdin, limits: out }
+  const traceparent = typeof r.traceparent === 'string' && /^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/.test(r.traceparent) ? { traceparent: r.traceparent as string } : {}
+  return { artifact, args, env: env as Record<string, string>, stdin, limits: out, ...traceparent }
 }
 
 function validateResponse (value: unknown): InvokeResponse {

@@ -4,9 +4,11 @@ import type { CommandModule } from '../cli-kit.ts'
 import { artifactCommands } from './artifacts.ts'
 import { nodeCommands } from './nodes.ts'
 import { docCommands } from './docs.ts'
+import { statusCommands } from './status.ts'
 
 export const commandModules: CommandModule[] = [
   artifactCommands,
   nodeCommands,
   docCommands,
+  statusCommands,
 ]

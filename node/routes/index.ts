@@ -7,6 +7,7 @@ import type { FastifyInstance } from 'fastify'
 import { artifactRoutes } from './artifacts.ts'
 import { nodeRoutes } from './nodes.ts'
 import { docRoutes } from './docs.ts'
+import { telemetryRoutes } from './telemetry.ts'
 
 export interface RouteContext {
   daemon: Daemon
@@ -19,4 +20,5 @@ export const routeModules: RouteModule[] = [
   artifactRoutes,
   nodeRoutes,
   docRoutes,
+  telemetryRoutes,
 ]
