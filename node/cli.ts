@@ -51,17 +51,8 @@ program.command('start')
     const daemon = await startDaemon({ repo: opts.repo, listen: o.listen, api: o.api, bootstrap: o.bootstrap, network: o.network, region: o.region })
     const id = daemon.node.identity()
     tracing.setNodeAttributes({ 'service.instance.id': id.peerId, 'mesh.node.did': id.did })
-    // One line of JSON, so a supervisor (or a test) can read it as soon as the node is up.
-    if (opts.json === true) process.stdout.write(JSON.stringify({ ...id, api: `http://${daemon.apiAddress}` }) + '\n')
-    else process.stdout.write([
-      `peer ID   ${id.peerId}`,
-      `DID       ${id.did}`,
-      `network   ${id.network}`,
-      ...id.addresses.map(a => `listening ${a}`),
-      `API       http://${daemon.apiAddress}`,
-      'node ready; Ctrl-C stops it'
-    ].join('\n') + '\n')
-    await new Promise<void>((resolve) => {
+    // Signal handlers go in before the ready line: whoever reads that line may signal at once.
+    const stopped = new Promise<void>((resolve) => {
       let signals = 0
       const onSignal = (sig: string): void => {
         if (++signals > 1) {
@@ -80,6 +71,17 @@ program.command('start')
       process.on('SIGINT', onSignal)
       process.on('SIGTERM', onSignal)
     })
+    // One line of JSON, so a supervisor (or a test) can read it as soon as the node is up.
+    if (opts.json === true) process.stdout.write(JSON.stringify({ ...id, api: `http://${daemon.apiAddress}` }) + '\n')
+    else process.stdout.write([
+      `peer ID   ${id.peerId}`,
+      `DID       ${id.did}`,
+      `network   ${id.network}`,
+      ...id.addresses.map(a => `listening ${a}`),
+      `API       http://${daemon.apiAddress}`,
+      'node ready; Ctrl-C stops it'
+    ].join('\n') + '\n')
+    await stopped
     await tracing.shutdown()
     process.stderr.write('mesh: stopped\n')
     process.exit(0)

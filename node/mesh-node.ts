@@ -185,7 +185,8 @@ export class MeshNode {
       // Mesh nodes talk only to nodes of their own network: one that does not speak this network's
       // DHT protocol is another network (or not Mesh at all), and is hung up on.
       if (!protocols.includes(dhtProtocol(this.network))) {
-        void this.refuse(connection.remotePeer, 'wrong-network')
+        // Only briefly: the peer may be about to join this node's network (`mesh join` moves it).
+        void this.refuse(connection.remotePeer, 'wrong-network', 10_000)
       }
     })
     for (const feature of this.features.values()) await feature.start?.()
