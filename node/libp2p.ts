@@ -39,6 +39,8 @@ export interface Libp2pInit {
   admitPeer?: (peer: PeerId) => boolean
   /** Replaces TCP, for simulations on `@libp2p/memory`. */
   transports?: Array<(components: any) => Transport>
+  /** libp2p's metrics (node/telemetry.ts: `libp2pMetrics`). */
+  metrics?: Libp2pOptions['metrics']
 }
 
 /** The protocol prefix of a network: `/mesh/<network>`. */
@@ -107,6 +109,7 @@ export function libp2pOptions (init: Libp2pInit): Libp2pOptions<MeshServices> {
     privateKey: init.privateKey,
     datastore: init.datastore,
     connectionGater: init.connectionGater,
+    metrics: init.metrics,
     addresses: { listen: init.listen },
     transports: init.transports ?? [tcp()],
     connectionEncrypters: [noise()],
