@@ -7,6 +7,7 @@ import { identify, identifyPush } from '@libp2p/identify'
 import { kadDHT, passthroughMapper } from '@libp2p/kad-dht'
 import { ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
+import { END_RECORD_NAMESPACE, endRecordSelector, endRecordValidator } from '../registry/dht-record.ts'
 import type { GossipSub } from '@libp2p/gossipsub'
 import type { Identify, IdentifyPush } from '@libp2p/identify'
 import type { ConnectionGater, PeerId, PrivateKey, ServiceMap, Transport } from '@libp2p/interface'
@@ -39,6 +40,12 @@ export interface Libp2pInit {
   admitPeer?: (peer: PeerId) => boolean
   /** Replaces TCP, for simulations on `@libp2p/memory`. */
   transports?: Array<(components: any) => Transport>
+  /**
+   * The routing table's shape (`dht` in config.json). It holds 2^prefixLength × kBucketSize peers;
+   * the defaults (1, 4) suit meshes of up to a few hundred nodes, where lookups end in one hop. A
+   * mesh of thousands wants more buckets (prefixLength 4-6) so every lookup keeps getting closer.
+   */
+  dht?: { kBucketSize?: number, prefixLength?: number }
   /** libp2p's metrics (node/telemetry.ts: `libp2pMetrics`). */
   metrics?: Libp2pOptions['metrics']
 }
@@ -88,14 +95,17 @@ export function libp2pOptions (init: Libp2pInit): Libp2pOptions<MeshServices> {
       //   target itself when it is in its peer store, and every peer that ever heard of the target
       //   is. Measured at 100 nodes: 17 connections per node (seed included) instead of 45+,
       //   formation 26 s instead of >60 s, p50 13 ms, RSS 4.4 MB/node instead of 6.5-19.
-      kBucketSize: 4,
-      prefixLength: 1,
+      kBucketSize: init.dht?.kBucketSize ?? 4,
+      prefixLength: init.dht?.prefixLength ?? 1,
       // alpha 10 on 10 disjoint paths puts up to 100 requests (and dials) in flight per lookup;
       // S/Kademlia's disjoint paths guard against an adversary on the path, which a mesh of keyed,
       // credentialed members does not have to assume. Three requests on one path, nearest first:
       // at 50 nodes p50 125 -> 56 ms, RSS 19 -> 12 MB/node, formation >120 s -> 57 s.
       alpha: 3,
-      disjointPaths: 1
+      disjointPaths: 1,
+      // Signed descriptors under /mesh-end/<peerId>: checked before storing, newest seq wins.
+      validators: { [END_RECORD_NAMESPACE]: endRecordValidator(init.network) },
+      selectors: { [END_RECORD_NAMESPACE]: endRecordSelector }
     })
   }
   if (init.gossip !== false) {

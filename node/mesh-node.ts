@@ -94,6 +94,7 @@ export class MeshNode {
   private revocationSync?: RevocationSync
   /** Running features by name; feature modules export typed getters over this. */
   readonly features = new Map<string, Feature>()
+  private readonly started: Feature[] = []
   readonly bootstrap: Multiaddr[]
   private readonly minPeers: number
   private readonly blockstore: FsBlockstore | MemoryBlockstore
@@ -124,6 +125,7 @@ export class MeshNode {
       transports: init.transports,
       metrics: init.metrics,
       admitPeer: init.community == null ? undefined : (peer) => this.admits(peer),
+      dht: init.config?.dht as Libp2pInit['dht'],
       connectionGater: {
         denyDialPeer: (peer) => this.isDenied(peer),
         denyInboundEncryptedConnection: (peer) => this.isDenied(peer),
@@ -189,7 +191,10 @@ export class MeshNode {
         void this.refuse(connection.remotePeer, 'wrong-network', 10_000)
       }
     })
-    for (const feature of this.features.values()) await feature.start?.()
+    for (const feature of this.features.values()) {
+      await feature.start?.()
+      this.started.push(feature)
+    }
     await this.dialBootstrap()
     this.keeper = setInterval(() => { void this.keepPeers() }, 10_000)
     this.keeper.unref()
@@ -358,7 +363,8 @@ export class MeshNode {
     this.stopping = true
     this.lifetime.abort()
     if (this.keeper != null) clearInterval(this.keeper)
-    for (const feature of [...this.features.values()].reverse()) {
+    // Only what started stops: a node whose start failed (a port in use) has nothing to undo there.
+    for (const feature of this.started.splice(0).reverse()) {
       await feature.stop?.().catch((err: Error) => { process.emitWarning(`stopping a feature: ${err.message}`) })
     }
     await this.revocationSync?.stop()
