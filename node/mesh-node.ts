@@ -342,7 +342,10 @@ export class MeshNode {
   private async fillPeers (): Promise<void> {
     await Promise.all(this.libp2p.getConnections().map(async c => this.ensureIdentified(c, { signal: this.within(5_000) })))
     const connected = new Set(this.libp2p.getConnections().map(c => c.remotePeer.toString()))
-    if (connected.size >= this.minPeers) return
+    // Up to twice minPeers, each round also tries one known peer it is not connected to: a node
+    // whose neighbours all sat on its side of a partition otherwise never links across once the
+    // partition heals (nothing drops it below minPeers), and gossip stays split.
+    if (connected.size >= 2 * this.minPeers) return
     const self = this.peerId.toString()
     const candidates: PeerId[] = []
     for (const peer of await this.libp2p.peerStore.all().catch(() => [])) {
@@ -350,7 +353,7 @@ export class MeshNode {
       if (id !== self && !connected.has(id) && peer.addresses.length > 0 &&
         peer.protocols.includes(dhtProtocol(this.network))) candidates.push(peer.id)
     }
-    const wanted = this.minPeers - connected.size
+    const wanted = Math.max(1, this.minPeers - connected.size)
     await Promise.all(candidates.sort(() => Math.random() - 0.5).slice(0, wanted).map(async (id) => {
       await this.libp2p.dial(id, { signal: this.within(5_000) }).catch(() => {})
     }))
