@@ -8,6 +8,7 @@ import { Resolver } from 'did-resolver'
 import { getResolver as keyDidResolver } from 'key-did-resolver'
 import { base64url } from 'multiformats/bases/base64'
 import { didKeyDocument, InvalidDidError } from './did-key.ts'
+import { BoundedCache } from './verification-cache.ts'
 import type { DIDDocument, DIDResolutionResult, DIDResolver, JsonWebKey, ParsedDID, ResolverRegistry, Resolvable } from 'did-resolver'
 
 export type DidResolutionErrorCode =
@@ -55,10 +56,16 @@ export function didResolver (init: DidResolverInit = {}): DidResolver {
     ...(init.web === false ? {} : { web: didWebMethod(init.allowInsecureLocalhost === true, init.maxDocumentBytes ?? 65_536, timeoutMs) }),
     ...init.methods
   }
+  // did-resolver's own cache never forgets; ours (did:key documents, below) is bounded
   const inner = new Resolver(registry, { cache: false })
+  // Our offline methods answer at once: no timer for them, which costs more than the resolution.
+  const local = (['key', 'jwk'] as const).filter(m => init.methods?.[m] == null).map(m => `did:${m}:`)
 
   async function resolve (didUrl: string, options: Record<string, unknown> = {}): Promise<DIDResolutionResult> {
     if (typeof didUrl !== 'string' || didUrl.length > MAX_DID_LENGTH) return failure('invalidDid', 'DID missing or too long')
+    if (local.some(prefix => didUrl.startsWith(prefix))) {
+      return await inner.resolve(didUrl, options).catch(err => failure('internalError', String(err?.message ?? err)))
+    }
     let timer: NodeJS.Timeout | undefined
     const timeout = new Promise<DIDResolutionResult>(resolve => {
       timer = setTimeout(() => resolve(failure('timeout', `no answer within ${timeoutMs} ms`)), timeoutMs)
@@ -116,18 +123,37 @@ function success (didDocument: DIDDocument): DIDResolutionResult {
   return { didResolutionMetadata: { contentType: 'application/did+json' }, didDocument, didDocumentMetadata: {} }
 }
 
+/**
+ * Documents of Ed25519 did:keys, shared by every resolver: a did:key's document is a function of the
+ * DID alone, so an entry is never stale, and deriving it (the X25519 key) is the costly part.
+ * Frozen, because every caller gets the same object.
+ */
+const didKeyDocuments = new BoundedCache<string, DIDDocument>({ maxEntries: 4096 })
+
 /** Ed25519 keys get the current spec's document; the other curves go to key-did-resolver. */
 function didKeyMethod (): DIDResolver {
   const others = keyDidResolver().key as unknown as DIDResolver
   return async (did, parsed, resolver, options) => {
     if (!parsed.id.startsWith('z6Mk')) return others(did, parsed, resolver, options)
+    const cached = didKeyDocuments.get(parsed.did)
+    if (cached != null) return success(cached)
     try {
-      return success(didKeyDocument(parsed.did) as unknown as DIDDocument)
+      const document = deepFreeze(didKeyDocument(parsed.did) as unknown as DIDDocument)
+      didKeyDocuments.set(parsed.did, document)
+      return success(document)
     } catch (err) {
       if (err instanceof InvalidDidError) return failure('invalidDid', err.message)
       throw err
     }
   }
+}
+
+function deepFreeze<T> (value: T): T {
+  if (typeof value === 'object' && value !== null && !Object.isFrozen(value)) {
+    Object.freeze(value)
+    for (const v of Object.values(value)) deepFreeze(v)
+  }
+  return value
 }
 
 /** did:jwk (https://github.com/quartzjer/did-jwk/blob/main/spec.md): the DID is base64url(JWK JSON). */

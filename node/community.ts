@@ -81,6 +81,24 @@ export class Community {
     return new TextEncoder().encode(this.credential ?? '')
   }
 
+  /**
+   * The verdict a peer's key alone decides, before it presents anything: a root is a root, on an
+   * open network any unrevoked key is a member (its presentation can only add a role), and a
+   * revoked key is out.
+   */
+  earlyVerdict (remote: PeerId): Verdict | undefined {
+    let did: string
+    try {
+      did = didFromPeerId(remote)
+    } catch {
+      return undefined
+    }
+    if (this.revocations.has(did)) return { ok: false, reason: 'revoked' }
+    if (this.genesis.record.roots.includes(did)) return { ok: true, did, role: 'root' }
+    if (this.genesis.record.policy.open) return { ok: true, did, role: 'member' }
+    return undefined
+  }
+
   async verify (remote: PeerId, presentation: Uint8Array): Promise<Verdict> {
     let did: string
     try {

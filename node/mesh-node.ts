@@ -210,6 +210,7 @@ export class MeshNode {
       protocolPrefix: prefix,
       presentation: () => community.presentation(),
       verify: async (peer, bytes) => community.verify(peer, bytes),
+      settleEarly: (peer) => community.earlyVerdict(peer),
       gated: this.gatedProtocols(),
       onAccepted: (peer) => {
         // kad-dht skipped this peer when it connected (it was not yet a member): add it now.

@@ -7,6 +7,9 @@
 //
 // Wire: the dialer writes one length-prefixed presentation; the listener answers one
 // length-prefixed verdict (`ok` or the reason it refused), so a refused node can say why.
+// Where the key alone decides (`settleEarly`: roots, open networks, revoked keys) the verdict is
+// given on connect, and a node that has nothing to present and is admitted by its key sends nothing.
+// Neither side waits for the other: each presents on its own stream as soon as the peer connects.
 import { lpStream } from '@libp2p/utils'
 import type { Connection, Libp2p, PeerId, Stream } from '@libp2p/interface'
 
@@ -21,6 +24,12 @@ export interface MembershipInit {
   presentation: () => Uint8Array
   /** Checks what a peer presented, against the key Noise authenticated. */
   verify: (remote: PeerId, presentation: Uint8Array) => Promise<Verdict>
+  /**
+   * A verdict the key alone decides (a root; any unrevoked peer of an open network), given on
+   * connect so that no stream waits for the presentation; undefined when the presentation matters.
+   * What the peer presents later can still raise its role.
+   */
+  settleEarly?: (remote: PeerId) => Verdict | undefined
   /** Protocols no unverified peer may use, either way. */
   gated: string[]
   /** How long a peer has to present before it is refused. Default 10 s. */
@@ -69,7 +78,11 @@ export function membership (components: { libp2p: Libp2p }, init: MembershipInit
     const created: Pending = {
       promise,
       settle: (v) => {
-        if (created.settled != null) return
+        if (created.settled != null) {
+          // settled early on the key alone: a valid presentation may still raise the role
+          if (created.settled.ok && v.ok && running && accepted.has(key)) accepted.set(key, v)
+          return
+        }
         created.settled = v
         clearTimeout(created.timer)
         settle(v)
@@ -122,9 +135,15 @@ export function membership (components: { libp2p: Libp2p }, init: MembershipInit
     let stream: Stream | undefined
     try {
       const signal = AbortSignal.timeout(timeoutMs)
+      // never a new dial: a peer that hung up meanwhile stays gone
+      if (libp2p.getConnections(peer).length === 0) return
+      // nothing to present, and our key alone admits us (a root, an open network): the peer
+      // settles us on connect, so spare the stream
+      const presentation = init.presentation()
+      if (presentation.length === 0 && init.settleEarly?.(libp2p.peerId)?.ok === true) return
       stream = await libp2p.dialProtocol(peer, protocol, { signal })
       const lp = lpStream(stream, { maxDataLength: 1024 })
-      await lp.write(init.presentation(), { signal })
+      await lp.write(presentation, { signal })
       const answer = new TextDecoder().decode((await lp.read({ signal })).subarray())
       if (answer !== 'ok') init.onRefusedByRemote?.(peer, answer)
       await stream.close()
@@ -136,7 +155,9 @@ export function membership (components: { libp2p: Libp2p }, init: MembershipInit
 
   const onConnect = (evt: CustomEvent<PeerId>): void => {
     if (!running) return
-    entry(evt.detail)
+    const e = entry(evt.detail)
+    const early = init.settleEarly?.(evt.detail)
+    if (early != null) e.settle(early)
     void present(evt.detail)
   }
   const onDisconnect = (evt: CustomEvent<PeerId>): void => {
