@@ -43,6 +43,8 @@ const MAX_RESOLVE_REQUEST = 1024
 /** Peers asked at once when resolving a name. */
 const RESOLVE_FANOUT = 8
 const REPROVIDE_MS = 10 * 60_000
+/** Verified modules kept in memory, so a warm invocation neither re-reads nor re-hashes them. */
+const VERIFIED_CACHE_BYTES = 64 * 1024 * 1024
 
 export interface ArtifactEntry {
   name: string
@@ -104,6 +106,26 @@ export const artifacts: FeatureFactory = (node, init) => {
   let reprovider: ReturnType<typeof setInterval> | undefined
   let stopped = false
   const pending = new Set<Promise<unknown>>()
+  // manifest CID -> what fetch() verified for an indexed artifact; insertion order is recency.
+  // Entries go when the artifact leaves the index (rm), so nothing unindexed is served from here.
+  const verified = new Map<string, { bytes: Uint8Array }>()
+  let verifiedBytes = 0
+  const remember = (key: string, bytes: Uint8Array): void => {
+    if (verified.has(key) || bytes.length > VERIFIED_CACHE_BYTES) return
+    verified.set(key, { bytes })
+    verifiedBytes += bytes.length
+    for (const [k, v] of verified) {
+      if (verifiedBytes <= VERIFIED_CACHE_BYTES) break
+      verified.delete(k)
+      verifiedBytes -= v.bytes.length
+    }
+  }
+  const forgetVerified = (manifest: string): void => {
+    const v = verified.get(manifest)
+    if (v == null) return
+    verified.delete(manifest)
+    verifiedBytes -= v.bytes.length
+  }
 
   async function save (): Promise<void> {
     if (indexFile == null) return
@@ -349,11 +371,21 @@ export const artifacts: FeatureFactory = (node, init) => {
     resolve,
 
     async fetch (ref, options = {}) {
+      const hit = verified.get(ref)
+      const hitEntry = index.get(ref)
+      if (hit != null && hitEntry != null) {
+        verified.delete(ref)
+        verified.set(ref, hit)
+        return { entry: hitEntry, bytes: hit.bytes }
+      }
       const { manifestCid: cid, manifest } = await resolve(ref, options)
       const known = index.get(cid.toString())
       if (manifest.size > MAX_ARTIFACT_BYTES) throw new UserError(`${manifest.name}@${manifest.version} is ${manifest.size} bytes, over the ${MAX_ARTIFACT_BYTES}-byte limit`)
       const bytes = await readModule(manifest, options.signal)
-      if (known != null) return { entry: known, bytes }
+      if (known != null) {
+        remember(cid.toString(), bytes)
+        return { entry: known, bytes }
+      }
       await keep(cid, options.signal)
       const entry = entryOf(cid, manifest, 'fetched')
       index.set(entry.manifest, entry)
@@ -370,6 +402,7 @@ export const artifacts: FeatureFactory = (node, init) => {
       if (matches.length > 1 && parseArtifactRef(ref).kind === 'cid') throw new UserError(`${ref} names ${matches.length} artifacts here; remove them by manifest CID`)
       const entry = matches[0]
       index.delete(entry.manifest)
+      forgetVerified(entry.manifest)
       await save()
       // Unpinned blocks stay until a GC; we do not GC here, as other features keep unpinned blocks.
       const cid = CID.parse(entry.manifest)

@@ -109,6 +109,26 @@ export const functions: FeatureFactory = (node, init) => {
   // libp2p exists only once the node has started.
   let protocol: InvokeProtocol | undefined
 
+  /**
+   * Says why a peer would not take our call when it is a matter of membership: libp2p itself only
+   * reports a hang-up ("Remote closed connection during opening"). Members gate the invoke
+   * protocol, and a peer of another network never identifies as serving ours (and, refused for
+   * that, is dropped from the peer store).
+   */
+  async function whyRefused (peer: PeerId, err: Error): Promise<string> {
+    const community = node.community
+    if (community != null && community.roleOf(node.did) === 'none') {
+      return `this node is not a member of ${community.name} (it holds no membership credential), and only members may invoke; join with an invite`
+    }
+    const wanted = `${protocolPrefix(node.network)}/invoke/1.0.0`
+    const known = await node.libp2p.peerStore.get(peer).catch(() => undefined)
+    if (known == null) return `${err.message} (no known address or protocols: is it in this node's network, ${community?.name ?? node.network}?)`
+    if (known.protocols.length > 0 && !known.protocols.includes(wanted)) {
+      return `it does not serve ${wanted}: it is not a node of this node's network (${community?.name ?? node.network}), or does not accept this node as a member`
+    }
+    return err.message
+  }
+
   const self: Functions = {
     async start () {
       runtime = createWasmRuntime({
@@ -139,11 +159,11 @@ export const functions: FeatureFactory = (node, init) => {
         peer = parsePeerOrDid(options.on)
         if (peer.equals(node.peerId)) peer = undefined
       }
-      // A manifest CID goes to the serving node as it is (it verifies what it runs); only a name
-      // is resolved here, so that the serving node is told an exact manifest.
+      // A manifest CID goes to the serving node as it is (it verifies what it runs, this node
+      // included); only a name is resolved here, so that the serving node is told an exact manifest.
       const parsed = parseArtifactRef(ref)
       if (parsed.kind === 'cid') requireManifestCid(ref, parsed.cid)
-      const manifestCid = parsed.kind === 'cid' && peer != null
+      const manifestCid = parsed.kind === 'cid'
         ? parsed.cid
         : (await artifactsOf(node).resolve(ref, { signal: options.signal })).manifestCid
       const request = validateRequest({ artifact: manifestCid, args: call.args, env: call.env, stdin: call.stdin, limits: call.limits })
@@ -154,7 +174,7 @@ export const functions: FeatureFactory = (node, init) => {
         return { ...await tracedCall(to.toString(), request, async (req) => p.call(to, req, { signal: options.signal })), node: peer.toString() }
       } catch (err: any) {
         if (options.signal?.aborted === true) throw err
-        throw new UserError(`cannot invoke on ${peer}: ${err.message}`)
+        throw new UserError(`cannot invoke on ${peer}: ${await whyRefused(peer, err)}`)
       }
     },
 

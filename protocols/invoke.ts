@@ -6,6 +6,13 @@
 // without base64's third. Both directions are bounded; a request that does not validate is answered
 // with outcome 'error' and never reaches the runtime. A server at capacity answers 'busy' at once,
 // so the caller can try the next node instead of queueing behind a long job.
+//
+// A stream carries one call at a time but may carry many in turn: the server reads the next
+// request after answering, until the caller closes the stream or leaves it idle. Callers keep a
+// few idle streams per peer, so a warm call skips opening a stream and negotiating the protocol
+// (about a third of a loopback call). A caller that writes one request and closes is served as
+// before. The membership gate still holds: it admits a stream when it opens, and a peer that is
+// refused or revoked later is hung up on, which ends its streams.
 import * as dagCbor from '@ipld/dag-cbor'
 import { lpStream } from '@libp2p/utils'
 import { CID } from 'multiformats/cid'
@@ -17,6 +24,12 @@ const MAX_ARGS_ENV_CHARS = 64 * 1024
 export const MAX_REQUEST_BYTES = MAX_STDIN_BYTES + MAX_ARGS_ENV_CHARS * 2 + 4096
 /** What a caller accepts back: the largest output a server may allow, plus room for the framing. */
 export const MAX_RESPONSE_BYTES = 16 * 1024 * 1024 + 64 * 1024
+/** A server closes a stream that brings no next request within this. */
+const SERVER_IDLE_MS = 60_000
+/** A caller closes an idle stream sooner than the server would, so it never reuses a closing one. */
+const CALLER_IDLE_MS = 20_000
+/** Idle streams a caller keeps per peer. */
+const IDLE_PER_PEER = 8
 
 export interface InvokeLimits {
   memoryBytes?: number
@@ -115,24 +128,66 @@ export function invokeProtocol (components: { libp2p: Libp2p }, init: InvokeProt
 
   async function handle (stream: Stream, connection: Connection): Promise<void> {
     const lp = lpStream(stream, { maxDataLength: MAX_REQUEST_BYTES })
-    let response: InvokeResponse
-    try {
-      let request: InvokeRequest
-      try {
-        const bytes = (await lp.read({ signal: AbortSignal.timeout(10_000) })).subarray()
-        request = validateRequest(dagCbor.decode(bytes))
-      } catch (err: any) {
-        response = failure('error', err instanceof InvokeError ? err.message : err?.name === 'InvalidDataLengthError' ? `invocation is over ${MAX_REQUEST_BYTES} bytes` : 'malformed invocation')
-        await lp.write(dagCbor.encode(response), { signal: AbortSignal.timeout(10_000) })
-        await stream.close()
-        return
-      }
-      response = await init.run(request, connection.remotePeer)
-      await lp.write(dagCbor.encode(response), { signal: AbortSignal.timeout(30_000) })
+    const refuse = async (message: string): Promise<void> => {
+      await lp.write(dagCbor.encode(failure('error', message)), { signal: AbortSignal.timeout(10_000) })
       await stream.close({ signal: AbortSignal.timeout(10_000) })
+    }
+    try {
+      for (let first = true; ; first = false) {
+        let request: InvokeRequest
+        try {
+          const bytes = (await lp.read({ signal: AbortSignal.timeout(first ? 10_000 : SERVER_IDLE_MS) })).subarray()
+          request = validateRequest(dagCbor.decode(bytes))
+        } catch (err: any) {
+          if (err instanceof InvokeError) return await refuse(err.message)
+          if (err?.name === 'InvalidDataLengthError') return await refuse(`invocation is over ${MAX_REQUEST_BYTES} bytes`)
+          // After a call, the caller closing (or idling out) is the normal end of the stream.
+          if (!first && (err?.name === 'UnexpectedEOFError' || err?.name === 'TimeoutError')) {
+            return await stream.close({ signal: AbortSignal.timeout(10_000) })
+          }
+          return await refuse('malformed invocation')
+        }
+        const response = await init.run(request, connection.remotePeer)
+        await lp.write(dagCbor.encode(response), { signal: AbortSignal.timeout(30_000) })
+      }
     } catch (err: any) {
       stream.abort(err instanceof Error ? err : new Error(String(err)))
     }
+  }
+
+  interface Idle { stream: Stream, lp: ReturnType<typeof lpStream>, timer: ReturnType<typeof setTimeout> }
+  const idle = new Map<string, Idle[]>()
+  let stopped = false
+
+  const takeIdle = (peer: PeerId): Idle | undefined => {
+    const list = idle.get(peer.toString())
+    while (list != null && list.length > 0) {
+      const entry = list.pop() as Idle
+      clearTimeout(entry.timer)
+      const s = entry.stream
+      if (s.status === 'open' && s.writeStatus === 'writable' && s.remoteWriteStatus === 'writable' && s.remoteReadStatus === 'readable') return entry
+      s.abort(new Error('stale invoke stream'))
+    }
+    if (list != null) idle.delete(peer.toString())
+    return undefined
+  }
+
+  const putIdle = (peer: PeerId, entry: Omit<Idle, 'timer'>): void => {
+    const key = peer.toString()
+    const list = idle.get(key) ?? []
+    if (stopped || list.length >= IDLE_PER_PEER || entry.stream.status !== 'open') {
+      void entry.stream.close().catch(() => {})
+      return
+    }
+    const held: Idle = { ...entry, timer: setTimeout(() => {
+      const at = list.indexOf(held)
+      if (at >= 0) list.splice(at, 1)
+      if (list.length === 0 && idle.get(key) === list) idle.delete(key)
+      void entry.stream.close().catch(() => {})
+    }, CALLER_IDLE_MS) }
+    held.timer.unref?.()
+    list.push(held)
+    idle.set(key, list)
   }
 
   return {
@@ -141,16 +196,28 @@ export function invokeProtocol (components: { libp2p: Libp2p }, init: InvokeProt
       await libp2p.handle(protocol, handle, { maxInboundStreams: init.maxInboundStreams ?? 64, maxOutboundStreams: 64 })
     },
     async stop () {
+      stopped = true
+      for (const list of idle.values()) {
+        for (const entry of list) {
+          clearTimeout(entry.timer)
+          entry.stream.abort(new Error('invoke protocol stopped'))
+        }
+      }
+      idle.clear()
       await libp2p.unhandle(protocol).catch(() => {})
     },
     async call (peer, request, options = {}) {
       const body = dagCbor.encode(validateRequest(request))
-      const stream = await libp2p.dialProtocol(peer, protocol, { signal: options.signal })
+      let entry = takeIdle(peer)
+      if (entry == null) {
+        const stream = await libp2p.dialProtocol(peer, protocol, { signal: options.signal })
+        entry = { stream, lp: lpStream(stream, { maxDataLength: MAX_RESPONSE_BYTES }), timer: undefined as any }
+      }
+      const { stream, lp } = entry
       try {
-        const lp = lpStream(stream, { maxDataLength: MAX_RESPONSE_BYTES })
         await lp.write(body, { signal: options.signal })
         const answer = validateResponse(dagCbor.decode((await lp.read({ signal: options.signal })).subarray()))
-        await stream.close({ signal: options.signal }).catch(() => {})
+        putIdle(peer, { stream, lp })
         return answer
       } catch (err: any) {
         stream.abort(err instanceof Error ? err : new Error(String(err)))

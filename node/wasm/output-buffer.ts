@@ -7,8 +7,12 @@ import type { OutputSink } from './wasi-host.ts'
 
 const HEADER_BYTES = 8
 
+export function outputBytes (cap: number): number {
+  return HEADER_BYTES + 2 * cap
+}
+
 export function outputBuffer (cap: number): SharedArrayBuffer {
-  return new SharedArrayBuffer(HEADER_BYTES + 2 * cap)
+  return new SharedArrayBuffer(outputBytes(cap))
 }
 
 function capOf (buffer: SharedArrayBuffer): number {
@@ -32,6 +36,15 @@ export function outputSink (buffer: SharedArrayBuffer): OutputSink {
       return n === chunk.length
     }
   }
+}
+
+// Main side, once the program has stopped: empties a buffer for the next call. Only the lengths
+// need clearing (nothing past them is ever read), so a reused buffer costs nothing to reset,
+// where a fresh one is megabytes to allocate and zero.
+export function resetOutput (buffer: SharedArrayBuffer): void {
+  const lengths = new Int32Array(buffer, 0, 2)
+  Atomics.store(lengths, 0, 0)
+  Atomics.store(lengths, 1, 0)
 }
 
 // Main side: copies out, so the result does not pin the shared buffer.

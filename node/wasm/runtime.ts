@@ -13,7 +13,7 @@
 import { availableParallelism } from 'node:os'
 import { WasmModuleError } from './leb128.ts'
 import { type CappedModule, PAGE_BYTES, capModuleMemory } from './module-binary.ts'
-import { outputBuffer, readOutput } from './output-buffer.ts'
+import { outputBuffer, outputBytes, readOutput, resetOutput } from './output-buffer.ts'
 import type { ImportedMemory, Outcome } from './sandbox-message.ts'
 import { sandboxPool } from './sandbox-pool.ts'
 import { WASI_MODULE } from './wasi-host.ts'
@@ -156,6 +156,22 @@ export function createWasmRuntime (init: WasmRuntimeInit): WasmRuntime {
   const cache = new Map<string, Prepared>()
   const compiling = new Map<string, Promise<Prepared>>()
   const outcomes: Record<Outcome, number> = { ok: 0, 'exit-nonzero': 0, timeout: 0, memory: 0, output: 0, trap: 0, refused: 0 }
+  // Output buffers of finished calls, reused by the next calls of the same cap. A buffer goes
+  // back only once its program has stopped (the worker replied or is dead), so no one writes it.
+  const spareOutputs: SharedArrayBuffer[] = []
+  const takeOutput = (cap: number): SharedArrayBuffer => {
+    const size = outputBytes(cap)
+    const at = spareOutputs.findIndex(b => b.byteLength === size)
+    if (at < 0) return outputBuffer(cap)
+    const [buffer] = spareOutputs.splice(at, 1)
+    resetOutput(buffer)
+    return buffer
+  }
+  const giveOutput = (buffer: SharedArrayBuffer): void => {
+    if (closed) return
+    spareOutputs.push(buffer)
+    if (spareOutputs.length > maxConcurrent) spareOutputs.shift()
+  }
   let invocations = 0
   let compiles = 0
   let cacheHits = 0
@@ -235,7 +251,7 @@ export function createWasmRuntime (init: WasmRuntimeInit): WasmRuntime {
     const importedMemory: ImportedMemory | undefined = imported?.memory === undefined
       ? undefined
       : { module: imported.module, name: imported.name, initial: imported.memory.min, maximum: imported.memory.max ?? 0, shared: imported.memory.shared }
-    const buffer = outputBuffer(Math.floor(output as number))
+    const buffer = takeOutput(Math.floor(output as number))
     const verdict = await pool.run({
       timeoutMs: time as number,
       request: {
@@ -249,7 +265,9 @@ export function createWasmRuntime (init: WasmRuntimeInit): WasmRuntime {
         output: buffer
       }
     })
-    return done({ ...verdict, ...readOutput(buffer) })
+    const printed = readOutput(buffer)
+    giveOutput(buffer)
+    return done({ ...verdict, ...printed })
   }
 
   return {
@@ -286,6 +304,7 @@ export function createWasmRuntime (init: WasmRuntimeInit): WasmRuntime {
     async close () {
       closed = true
       cache.clear()
+      spareOutputs.length = 0
       await pool.close()
     }
   }
