@@ -42,6 +42,12 @@ export interface DocStoreOptions {
   compactEvery?: number
   /** Default true. Only simulations that throw the disk away should turn it off. */
   fsync?: boolean
+  /**
+   * Called with a document's new snapshot (the whole state as one Yjs update) once it is durable,
+   * so the node can also offer it by CID (cold start of new replicas). Not awaited by writes; a
+   * failure is counted and does not undo the compaction.
+   */
+  onCompacted?: (docId: string, state: Uint8Array) => Promise<void> | void
 }
 
 export interface DocStoreEntry { docId: string, bytes: number }
@@ -49,6 +55,8 @@ export interface DocStoreEntry { docId: string, bytes: number }
 export interface DocStoreStats {
   appends: number
   compactions: number
+  /** onCompacted hooks that threw. */
+  snapshotHookFailed: number
   /** Bytes of torn or corrupt log tails dropped when a log was first opened. */
   droppedTailBytes: number
 }
@@ -61,6 +69,8 @@ export interface DocStore {
   /** Writes a snapshot of the stored state (merged with `doc`'s, if given) and empties the log. */
   compact: (docId: string, doc?: Y.Doc) => Promise<void>
   list: () => Promise<DocStoreEntry[]>
+  /** The document's current snapshot (whole state as one update), or undefined if never compacted. */
+  snapshot: (docId: string) => Promise<Uint8Array | undefined>
   remove: (docId: string) => Promise<void>
   readonly stats: DocStoreStats
   close: () => Promise<void>
@@ -82,7 +92,7 @@ export async function openDocStore (dir: string, options: DocStoreOptions = {}):
   const fsync = options.fsync ?? true
   await mkdir(dir, { recursive: true })
   const docs = new Map<string, DocFiles>()
-  const stats: DocStoreStats = { appends: 0, compactions: 0, droppedTailBytes: 0 }
+  const stats: DocStoreStats = { appends: 0, compactions: 0, snapshotHookFailed: 0, droppedTailBytes: 0 }
   let closed = false
 
   const snapPath = (docId: string): string => join(dir, `${docId}.snap`)
@@ -202,6 +212,14 @@ export async function openDocStore (dir: string, options: DocStoreOptions = {}):
     }
     f.records = 0
     stats.compactions++
+    // Outside the document's operation chain: publishing a large snapshot must not hold up writes.
+    if (options.onCompacted != null) {
+      const hook = options.onCompacted
+      void Promise.resolve().then(async () => hook(docId, state)).catch((err: any) => {
+        stats.snapshotHookFailed++
+        process.emitWarning(`document ${docId}: snapshot hook failed: ${err.message}`)
+      })
+    }
   }
 
   return {
@@ -244,6 +262,13 @@ export async function openDocStore (dir: string, options: DocStoreOptions = {}):
         sizes.set(m[1], (sizes.get(m[1]) ?? 0) + size)
       }
       return [...sizes].map(([docId, bytes]) => ({ docId, bytes })).sort((a, b) => a.docId.localeCompare(b.docId))
+    },
+    async snapshot (docId) {
+      const f = files(docId)
+      return run(f, async () => {
+        const snap = await readFile(snapPath(docId)).catch((err) => { if (err.code === 'ENOENT') return undefined; throw err })
+        return snap == null ? undefined : parseSnapshot(snap, docId)
+      })
     },
     async remove (docId) {
       const f = files(docId)

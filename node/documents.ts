@@ -14,11 +14,21 @@
 // node's `--region`, and a peer's the region of its signed descriptor (descriptors feature); a
 // peer whose descriptor this node has not seen gets no zone-bound document.
 //
+// Cold start: every compaction also puts the snapshot into Helia's blockstore, as raw blocks of
+// at most 1 MiB (bitswap's block size) under one dag-cbor root `{bytes, chunks}`, and doc-sync
+// offers the root CID to replicas that start from nothing; they fetch it over bitswap (each block
+// checked against its CID) and sync only what came after. A new snapshot replaces the blocks of
+// the one before it (blocks of snapshots taken before a restart stay until a blockstore GC).
+//
 // A node replicates the documents it has open: those in its store (opened on start), and any
 // that an API call or a WebSocket client asks for (the first open catches up from peers).
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import * as dagCbor from '@ipld/dag-cbor'
+import { CID } from 'multiformats/cid'
+import * as raw from 'multiformats/codecs/raw'
+import { sha256 } from 'multiformats/hashes/sha2'
 import * as Y from 'yjs'
 import { didFromPeerId, peerIdFromDid } from '../identity/did-key.ts'
 import { docSync } from '../protocols/doc-sync.ts'
@@ -61,6 +71,58 @@ export interface Documents extends Feature {
 }
 
 const CATCH_UP_PEERS = 3
+const SNAPSHOT_CHUNK = 1024 * 1024
+const SNAPSHOT_ROOT_MAX = 64 * 1024
+
+interface SnapshotRoot { type: 'mesh-doc-snapshot', bytes: number, chunks: CID[] }
+
+async function readBlock (node: MeshNode, cid: CID, signal: AbortSignal, maxBytes: number): Promise<Uint8Array> {
+  const chunks: Uint8Array[] = []
+  let size = 0
+  for await (const chunk of node.helia.blockstore.get(cid, { signal })) {
+    size += chunk.length
+    if (size > maxBytes) throw new Error(`block ${cid} is larger than ${maxBytes} bytes`)
+    chunks.push(chunk)
+  }
+  return chunks.length === 1 ? chunks[0] : new Uint8Array(Buffer.concat(chunks))
+}
+
+/** Stores a snapshot as raw chunks under a dag-cbor root; returns the root and every block's CID. */
+async function putSnapshot (node: MeshNode, state: Uint8Array): Promise<{ root: CID, blocks: CID[] }> {
+  const chunks: CID[] = []
+  for (let at = 0; at < state.length || (at === 0 && chunks.length === 0); at += SNAPSHOT_CHUNK) {
+    const bytes = state.subarray(at, at + SNAPSHOT_CHUNK)
+    const cid = CID.createV1(raw.code, await sha256.digest(bytes))
+    await node.helia.blockstore.put(cid, bytes)
+    chunks.push(cid)
+    if (state.length === 0) break
+  }
+  const rootBytes = dagCbor.encode({ type: 'mesh-doc-snapshot', bytes: state.length, chunks } satisfies SnapshotRoot)
+  const root = CID.createV1(dagCbor.code, await sha256.digest(rootBytes))
+  await node.helia.blockstore.put(root, rootBytes)
+  return { root, blocks: [root, ...chunks] }
+}
+
+/** Fetches a snapshot by its root CID: from the blockstore, else over bitswap; every block is verified. */
+async function fetchSnapshot (node: MeshNode, text: string, signal: AbortSignal, maxBytes: number): Promise<Uint8Array> {
+  const root = CID.parse(text)
+  if (root.code !== dagCbor.code) throw new Error('a snapshot root is dag-cbor')
+  const value = dagCbor.decode(await readBlock(node, root, signal, SNAPSHOT_ROOT_MAX)) as Partial<SnapshotRoot>
+  if (value?.type !== 'mesh-doc-snapshot' || !Number.isSafeInteger(value.bytes) || !Array.isArray(value.chunks) ||
+    value.chunks.some(c => CID.asCID(c) == null || c.code !== raw.code)) throw new Error('not a document snapshot')
+  const bytes = value.bytes!
+  if (bytes > maxBytes || value.chunks.length !== Math.max(1, Math.ceil(bytes / SNAPSHOT_CHUNK))) throw new Error('snapshot size does not match its chunks')
+  const parts = await Promise.all(value.chunks.map(async c => readBlock(node, c, signal, SNAPSHOT_CHUNK)))
+  const state = new Uint8Array(bytes)
+  let at = 0
+  for (const p of parts) {
+    if (at + p.length > bytes) throw new Error('snapshot longer than it says')
+    state.set(p, at)
+    at += p.length
+  }
+  if (at !== bytes) throw new Error('snapshot shorter than it says')
+  return state
+}
 
 export const documents: FeatureFactory = (node, init) => {
   const protocol = `${protocolPrefix(node.network)}/doc-sync/1.0.0`
@@ -74,6 +136,27 @@ export const documents: FeatureFactory = (node, init) => {
   let store: DocStore | undefined
   let sync: DocSync | undefined
   let tempDir: string | undefined
+  /** Blocks of each document's current snapshot, to delete once a newer one replaces it. */
+  const snapshotBlocks = new Map<string, CID[]>()
+  /** Snapshot publications in order per document, so an older one never lands after a newer one. */
+  const snapshotChain = new Map<string, Promise<void>>()
+
+  function offerSnapshot (docId: string, state: Uint8Array): Promise<void> {
+    const next = (snapshotChain.get(docId) ?? Promise.resolve()).then(async () => {
+      if (stopper.signal.aborted) return
+      const { root, blocks } = await putSnapshot(node, state)
+      sync?.setSnapshot(docId, { cid: root.toString(), stateVector: Y.encodeStateVectorFromUpdate(state), bytes: state.length })
+      const keep = new Set(blocks.map(String))
+      for (const old of snapshotBlocks.get(docId) ?? []) {
+        if (keep.has(old.toString())) continue
+        try { await node.helia.blockstore.delete(old) } catch {}
+      }
+      snapshotBlocks.set(docId, blocks)
+    })
+    const settled = next.catch(() => {})
+    snapshotChain.set(docId, settled)
+    return next
+  }
 
   function setPolicyCache (docId: string, policy: DocPolicy): boolean {
     const before = JSON.stringify(policies.get(docId) ?? {})
@@ -169,10 +252,15 @@ export const documents: FeatureFactory = (node, init) => {
     async start () {
       const dir = init.repoPath != null ? join(init.repoPath, 'docs') : (tempDir = await mkdtemp(join(tmpdir(), 'mesh-docs-')))
       // An in-memory node throws its documents away on stop, so fsync would buy nothing.
-      store = await openDocStore(dir, { fsync: init.repoPath != null })
+      store = await openDocStore(dir, {
+        fsync: init.repoPath != null,
+        compactEvery: typeof init.config?.docsCompactEvery === 'number' ? init.config.docsCompactEvery : undefined,
+        onCompacted: async (docId, state) => offerSnapshot(docId, state)
+      })
       const docStore = store
       sync = docSync({
         libp2p: node.libp2p,
+        snapshots: { fetch: async (cid, { signal, maxBytes }) => fetchSnapshot(node, cid, signal, maxBytes) },
         store: {
           load: async (docId) => {
             if (primed.has(docId)) {
@@ -198,9 +286,16 @@ export const documents: FeatureFactory = (node, init) => {
       })
       await sync.start()
       for (const docId of sync.docs()) watchPolicy(docId, await sync.open(docId))
+      // Offer the snapshots taken before this start too (putting blocks that are there is cheap).
+      for (const docId of sync.docs()) {
+        const state = await docStore.snapshot(docId).catch(() => undefined)
+        if (state != null) void offerSnapshot(docId, state).catch(() => {})
+      }
     },
     async stop () {
       stopper.abort()
+      // Blocks must be written (or given up) before Helia's blockstore closes.
+      await Promise.all([...snapshotChain.values()])
       await sync?.stop()
       await store?.close()
       if (tempDir != null) await rm(tempDir, { recursive: true, force: true })

@@ -14,6 +14,15 @@
 // step 2 (`… | varUint 1 | varUint8Array update`: what the initiator lacks) and its own step 1, and
 // closes its side after the empty frame; the initiator answers each step 1 with step 2 and closes
 // its side once the responder's has ended. Either side sends step 2 only while the budget lasts.
+// The header may carry a third varUint, flags: bit 0 says the initiator can fetch snapshots by CID.
+//
+// Cold start: a node whose document was compacted offers the snapshot on IPFS (`setSnapshot`: its
+// CID and state vector). In a session whose flags allow it, a side answering a step 1 with an
+// empty state vector (a replica that never had the document) first sends
+// `… | varUint 3 (snapshot) | varUint8Array (varString CID | varUint bytes | varUint8Array state
+// vector)`, then step 2 holding only what the snapshot lacks. The receiver fetches the snapshot by
+// CID (bitswap, every block verified) before it reads on; if that fails, it applies the small
+// step 2 anyway (Yjs keeps it pending) and asks the same peer for a full sync without snapshots.
 //
 // A document whose allowedZones exclude some peers never travels over gossip (anyone may subscribe
 // to a topic): it replicates only over the stream, to peers whose zone is allowed.
@@ -30,6 +39,8 @@ const MESSAGE_AWARENESS = 1
 const SYNC_STEP1 = 0
 const SYNC_STEP2 = 1
 const SYNC_UPDATE = 2
+const SYNC_SNAPSHOT = 3
+const FLAG_SNAPSHOTS = 1
 const STREAM_VERSION = 1
 const DOC_ID = /^[a-z0-9][a-z0-9._-]{0,127}$/
 const MAX_SESSION_DOCS = 1000
@@ -46,6 +57,18 @@ export interface DocSyncComponents {
   libp2p: Pick<Libp2p, 'peerId' | 'handle' | 'unhandle' | 'register' | 'unregister' | 'dialProtocol'> & { services: { pubsub?: GossipSub } }
   store: DocSyncStore
   peerId?: PeerId
+  /** Fetches a snapshot by CID (from IPFS: verified); without it, snapshots are never used. */
+  snapshots?: {
+    fetch: (cid: string, options: { signal: AbortSignal, maxBytes: number }) => Promise<Uint8Array>
+  }
+}
+
+/** A document snapshot offered by CID. */
+export interface SnapshotRef {
+  cid: string
+  /** Encoded Yjs state vector of the snapshot. */
+  stateVector: Uint8Array
+  bytes: number
 }
 
 export interface DocSyncInit {
@@ -85,6 +108,12 @@ export interface DocSyncInit {
   nodeZone?: string
   /** A peer's zone, as far as this node knows (its signed descriptor); undefined if unknown. */
   peerZone?: (peer: PeerId) => string | undefined
+  /** Offer a snapshot instead of the whole state only when it is at least this big. Default 64 KiB. */
+  snapshotMinBytes?: number
+  /** Largest repair learned from a sync that is passed on over gossip. Default 256 KiB. */
+  maxRelayBytes?: number
+  /** Largest snapshot fetched. Default 256 MiB. */
+  maxSnapshotBytes?: number
 }
 
 export interface UpdateOrigin {
@@ -99,8 +128,10 @@ export type UpdateListener = (update: Uint8Array, origin: UpdateOrigin) => void
 export interface DocSyncStats {
   /** Messages and frames refused, by reason. */
   dropped: Record<string, number>
-  gossip: { received: number, published: number, publishFailed: number }
-  sync: { sessions: number, failed: number, bytesSent: number, bytesReceived: number, updatesApplied: number }
+  /** `batchedUpdates`: local updates that went out, in `published` messages (or syncs). */
+  gossip: { received: number, published: number, publishFailed: number, batchedUpdates: number }
+  sync: { sessions: number, failed: number, bytesSent: number, bytesReceived: number, updatesApplied: number, updateBytesReceived: number, relayed: number }
+  snapshot: { offered: number, fetched: number, fetchFailed: number, bytesFetched: number }
   antiEntropy: { rounds: number, sessions: number, repaired: number, deferred: number }
   persistFailed: number
 }
@@ -125,6 +156,9 @@ export interface DocSync {
   setAwareness: (docId: string, state: Record<string, unknown> | null) => void
   /** Catch up with a peer now, for the given documents (default: all open ones). */
   syncWith: (peer: PeerId, docIds?: string[]) => Promise<void>
+  /** Offers (or with undefined, withdraws) a document's snapshot to replicas that start cold. */
+  setSnapshot: (docId: string, ref: SnapshotRef | undefined) => void
+  snapshotOf: (docId: string) => SnapshotRef | undefined
   /** One anti-entropy round now; resolves when it is done. */
   antiEntropy: () => Promise<void>
   readonly stats: DocSyncStats
@@ -148,11 +182,21 @@ interface OpenDoc {
   awareness: awarenessProtocol.Awareness
   topic: string
   gossip: boolean
-  /** Persist-then-publish chain, in update order. */
+  /** Persistence chain, in update order. */
   tail: Promise<void>
+  /** Resolves once the last local update so far is published. */
+  lastShare: Promise<void>
+  /** Local updates on disk, waiting to go out together as one merged update. */
+  outbox?: { updates: Uint8Array[], done: Promise<void>, resolve: () => void }
+  pumping: boolean
   /** Set by transact to collect the acknowledgements of its own updates. */
   capture?: Array<Promise<void>>
   listeners: Set<UpdateListener>
+  /**
+   * Awareness clients whose state this node speaks for: its own, and those of clients connected to
+   * it (y-websocket). Their changes go on gossip; other nodes' clients are theirs to relay.
+   */
+  localClients: Set<number>
   off: () => void
 }
 
@@ -185,6 +229,14 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
   const roundBudget = init.antiEntropyBytesPerRound ?? 1024 * 1024
   const syncTimeoutMs = init.syncTimeoutMs ?? 30_000
   const joinPeers = init.joinPeers ?? 3
+  const snapshotMinBytes = init.snapshotMinBytes ?? 64 * 1024
+  const maxSnapshotBytes = init.maxSnapshotBytes ?? 256 * 1024 * 1024
+  const maxRelayBytes = Math.min(init.maxRelayBytes ?? 256 * 1024, maxMessageBytes - 16)
+  const snapshots = new Map<string, SnapshotRef>()
+  /** Snapshot fetches in flight, by CID: two sessions offering the same one fetch it once. */
+  const fetching = new Map<string, Promise<Uint8Array>>()
+  /** Documents whose snapshot fetch failed: their next session asks for the whole state. */
+  const noSnapshot = new Set<string>()
   const pubsub = libp2p.services.pubsub
 
   const open = new Map<string, OpenDoc>()
@@ -202,8 +254,9 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
 
   const stats: DocSyncStats = {
     dropped: {},
-    gossip: { received: 0, published: 0, publishFailed: 0 },
-    sync: { sessions: 0, failed: 0, bytesSent: 0, bytesReceived: 0, updatesApplied: 0 },
+    gossip: { received: 0, published: 0, publishFailed: 0, batchedUpdates: 0 },
+    sync: { sessions: 0, failed: 0, bytesSent: 0, bytesReceived: 0, updatesApplied: 0, updateBytesReceived: 0, relayed: 0 },
+    snapshot: { offered: 0, fetched: 0, fetchFailed: 0, bytesFetched: 0 },
     antiEntropy: { rounds: 0, sessions: 0, repaired: 0, deferred: 0 },
     persistFailed: 0
   }
@@ -344,6 +397,11 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
     const docs = subscriptions.filter(s => s.subscribe).map(s => docIdOfTopic(s.topic)).filter((id): id is string => id != null && open.has(id))
     // A peer that joins a document we hold catches up from us (its own join may have asked others).
     if (docs.length > 0 && peers.has(peerId.toString())) requestSync(peerId, docs)
+    // …and learns at once who is here, rather than at their next renewal (up to 15 s).
+    for (const id of docs) {
+      const entry = open.get(id)!
+      publishAwareness(entry, [...entry.localClients].filter(c => entry.awareness.getStates().has(c)))
+    }
   }
 
   async function publish (entry: OpenDoc, message: Uint8Array): Promise<void> {
@@ -353,6 +411,53 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
       stats.gossip.published++
     } catch {
       stats.gossip.publishFailed++
+    }
+  }
+
+  function publishAwareness (entry: OpenDoc, clients: number[]): void {
+    if (clients.length === 0) return
+    const message = encodeMessage(e => {
+      encoding.writeVarUint(e, MESSAGE_AWARENESS)
+      encoding.writeVarUint8Array(e, awarenessProtocol.encodeAwarenessUpdate(entry.awareness, clients))
+    })
+    if (message.length <= maxMessageBytes) void publish(entry, message)
+    else drop('awareness-too-large')
+  }
+
+  /**
+   * Queues a local update (on disk) for publishing; resolves once it is out. Updates queued while
+   * a batch is being published, or in the same tick, go out together as one merged update: one
+   * signature, one message, one validation per receiver instead of one per update.
+   */
+  function enqueue (entry: OpenDoc, update: Uint8Array): Promise<void> {
+    if (entry.outbox == null) {
+      let resolve!: () => void
+      const done = new Promise<void>(r => { resolve = r })
+      entry.outbox = { updates: [], done, resolve }
+    }
+    entry.outbox.updates.push(update)
+    const done = entry.outbox.done
+    if (!entry.pumping) void pump(entry)
+    return done
+  }
+
+  async function pump (entry: OpenDoc): Promise<void> {
+    entry.pumping = true
+    try {
+      while (entry.outbox != null) {
+        await new Promise(resolve => setImmediate(resolve))
+        const batch = entry.outbox
+        entry.outbox = undefined
+        try {
+          await share(entry, batch.updates.length === 1 ? batch.updates[0] : Y.mergeUpdates(batch.updates))
+        } catch {
+          stats.gossip.publishFailed++
+        }
+        stats.gossip.batchedUpdates += batch.updates.length
+        batch.resolve()
+      }
+    } finally {
+      entry.pumping = false
     }
   }
 
@@ -388,21 +493,27 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
       topic: topic(docId),
       gossip: zones == null,
       tail: Promise.resolve(),
+      lastShare: Promise.resolve(),
+      pumping: false,
       listeners: new Set(),
+      localClients: new Set(),
       off: () => {}
     }
     const onDocUpdate = (update: Uint8Array, origin: unknown): void => {
       const remote = origin instanceof RemoteOrigin ? origin : undefined
       // Appended at once, in update order; the store batches concurrent appends into one fsync.
       const persisted = store.append(docId, update)
-      const acked = entry.tail.then(async () => {
-        await persisted
-        if (remote == null) await share(entry, update)
-      })
-      entry.tail = acked.catch((err) => {
+      const durable = entry.tail.then(async () => { await persisted })
+      entry.tail = durable.catch((err) => {
         stats.persistFailed++
         process.emitWarning(`document ${docId}: an update was not saved: ${err.message}`)
       })
+      // Publishing does not wait for the disk: the write is acknowledged once it is both durable
+      // and published, but peers get it an fsync sooner. (Should this node crash before the
+      // fsync, the unacknowledged update lives on at its peers and comes back with a sync.)
+      // Updates made while one batch is on its way gather into the next (see enqueue).
+      const acked = remote == null ? Promise.all([durable, enqueue(entry, update)]).then(() => {}) : durable
+      if (remote == null) entry.lastShare = acked.catch(() => {})
       entry.capture?.push(acked)
       const info: UpdateOrigin = remote == null ? { local: true } : { local: false, peer: remote.peer, via: remote.via }
       for (const l of entry.listeners) {
@@ -410,15 +521,17 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
       }
     }
     const onAwareness = ({ added, updated, removed }: { added: number[], updated: number[], removed: number[] }, origin: unknown): void => {
-      if (origin instanceof RemoteOrigin) return
-      // Only this node's own presence: every node times out the others' by itself.
-      const changed = [...added, ...updated, ...removed].filter(id => id === doc.clientID)
-      if (changed.length === 0) return
-      const message = encodeMessage(e => {
-        encoding.writeVarUint(e, MESSAGE_AWARENESS)
-        encoding.writeVarUint8Array(e, awarenessProtocol.encodeAwarenessUpdate(awareness, changed))
-      })
-      if (message.length <= maxMessageBytes) void publish(entry, message)
+      const changed = [...added, ...updated, ...removed]
+      if (origin instanceof RemoteOrigin) {
+        // Another node speaks for these now (a client that moved, or a relay of our own echo).
+        for (const id of changed) if (id !== doc.clientID) entry.localClients.delete(id)
+        return
+      }
+      // Every node times out the others' clients by itself: a timeout is not news to relay.
+      if (origin === 'timeout') return
+      for (const id of [...added, ...updated]) entry.localClients.add(id)
+      for (const id of removed) entry.localClients.delete(id)
+      publishAwareness(entry, changed)
     }
     doc.on('update', onDocUpdate)
     awareness.on('update', onAwareness)
@@ -461,6 +574,9 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
     const entry = open.get(docId)
     if (entry == null) return
     open.delete(docId)
+    // Acknowledged writes waiting in the outbox go out before this node leaves the topic.
+    await entry.tail
+    await entry.lastShare
     if (entry.gossip && pubsub != null) {
       // Tell the others this node's cursor is gone before leaving the topic.
       if (entry.awareness.getLocalState() != null) {
@@ -526,10 +642,14 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
       return result
     }
     const session = new Session(stream, peer, budget, result)
+    const retried = shared.filter(e => noSnapshot.has(e.id)).map(e => e.id)
+    session.snapshots = components.snapshots != null && retried.length === 0
+    for (const id of retried) noSnapshot.delete(id)
     try {
       session.send(encodeMessage(e => {
         encoding.writeVarUint(e, STREAM_VERSION)
         encoding.writeVarUint(e, budget)
+        encoding.writeVarUint(e, session.snapshots ? FLAG_SNAPSHOTS : 0)
       }))
       for (const entry of shared) {
         session.send(encodeMessage(e => {
@@ -573,6 +693,8 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
           const version = readOrDrop(() => decoding.readVarUint(d))
           session.budget = readOrDrop(() => decoding.readVarUint(d))
           if (version !== STREAM_VERSION) throw new Dropped('unsupported-version')
+          const flags = decoding.hasContent(d) ? readOrDrop(() => decoding.readVarUint(d)) : 0
+          session.snapshots = (flags & FLAG_SNAPSHOTS) !== 0
           continue
         }
         if (frame.length === 0) {
@@ -600,6 +722,8 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
     readonly peer: PeerId
     budget: number
     readonly result: SessionResult
+    /** Whether snapshots may be offered and fetched in this session (the initiator's flag). */
+    snapshots = false
     private readonly timeout: ReturnType<typeof setTimeout>
 
     constructor (stream: Stream, peer: PeerId, budget: number, result: SessionResult) {
@@ -678,7 +802,19 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
         } catch {
           throw new Dropped('malformed')
         }
-        const diff = Y.encodeStateAsUpdate(entry.doc, sv)
+        const snap = snapshots.get(docId)
+        let base = sv
+        let ref: Uint8Array | undefined
+        if (this.snapshots && snap != null && snap.bytes >= snapshotMinBytes && Y.decodeStateVector(sv).size === 0) {
+          // The peer fetches the snapshot by CID; the stream carries only what came after it.
+          base = snap.stateVector
+          ref = encodeMessage(e => {
+            encoding.writeVarString(e, snap.cid)
+            encoding.writeVarUint(e, snap.bytes)
+            encoding.writeVarUint8Array(e, snap.stateVector)
+          })
+        }
+        const diff = Y.encodeStateAsUpdate(entry.doc, base)
         if (!isWriter(docId, self)) {
           // The peer would refuse anything from a non-writer, even what it already has.
         } else if (this.budget > 0 && this.result.sent + diff.length > this.budget) {
@@ -686,16 +822,36 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
         } else if (diff.length + docId.length + 16 > maxFrame) {
           drop('too-large-to-send')
         } else {
+          if (ref != null) {
+            stats.snapshot.offered++
+            this.send(docFrame(docId, SYNC_SNAPSHOT, ref))
+          }
           this.result.sent += diff.length
           this.send(docFrame(docId, SYNC_STEP2, diff))
         }
         if (answerStep1) this.send(docFrame(docId, SYNC_STEP1, Y.encodeStateVector(entry.doc)))
+      } else if (step === SYNC_SNAPSHOT) {
+        if (!this.snapshots || components.snapshots == null) throw new Dropped('unexpected-snapshot')
+        const r = decoding.createDecoder(payload)
+        const cid = readOrDrop(() => decoding.readVarString(r))
+        const bytes = readOrDrop(() => decoding.readVarUint(r))
+        const stateVector = readOrDrop(() => decoding.readVarUint8Array(r))
+        if (decoding.hasContent(r) || cid.length === 0 || cid.length > 256) throw new Dropped('malformed')
+        const snapSv = readOrDrop(() => Y.decodeStateVector(stateVector))
+        if (entry == null) return
+        await loadSnapshot(entry, this.peer, cid, bytes, snapSv)
       } else if (step === SYNC_STEP2 || step === SYNC_UPDATE) {
         this.result.received += payload.length
+        stats.sync.updateBytesReceived += payload.length
         try {
           const admitted = await admitUpdate(docId, this.peer, payload)
           stats.sync.updatesApplied++
-          if (applyRemote(admitted, payload, new RemoteOrigin(this.peer.toString(), 'sync'))) this.result.repaired++
+          // A replica catching up from nothing has news for no one: it does not relay.
+          const fresh = admitted.doc.store.clients.size === 0
+          if (applyRemote(admitted, payload, new RemoteOrigin(this.peer.toString(), 'sync'))) {
+            this.result.repaired++
+            if (!fresh) relayRepair(admitted, payload)
+          }
         } catch (err) {
           // A refused update is counted, and the rest of the session goes on.
           if (!(err instanceof Dropped)) throw err
@@ -705,6 +861,50 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
         throw new Dropped('malformed')
       }
     }
+  }
+
+  /**
+   * Fetches a snapshot a peer offered and applies it, with the checks of any update from that
+   * peer. A failure is counted and answered with a full sync later; the session goes on.
+   */
+  async function loadSnapshot (entry: OpenDoc, peer: PeerId, cid: string, bytes: number, snapSv: Map<number, number>): Promise<void> {
+    const have = Y.decodeStateVector(Y.encodeStateVector(entry.doc))
+    if ([...snapSv].every(([client, clock]) => (have.get(client) ?? 0) >= clock)) return
+    try {
+      if (bytes > maxSnapshotBytes) throw new Dropped('oversized')
+      let p = fetching.get(cid)
+      if (p == null) {
+        p = components.snapshots!.fetch(cid, { signal: AbortSignal.timeout(syncTimeoutMs), maxBytes: maxSnapshotBytes })
+          .finally(() => fetching.delete(cid))
+        fetching.set(cid, p)
+      }
+      const state = await p
+      const admitted = await admitUpdate(entry.id, peer, state)
+      stats.snapshot.fetched++
+      stats.snapshot.bytesFetched += state.length
+      applyRemote(admitted, state, new RemoteOrigin(peer.toString(), 'sync'))
+    } catch (err) {
+      stats.snapshot.fetchFailed++
+      if (err instanceof Dropped) drop(err.reason)
+      noSnapshot.add(entry.id)
+      void requestSync(peer, [entry.id])
+    }
+  }
+
+  /**
+   * What a sync taught this node, its gossip neighbours most likely lack too (a healed partition:
+   * only nodes with a link across sync, the rest of each side would wait for anti-entropy). So a
+   * small enough repair goes on gossip once; those who have it already apply nothing. Only a
+   * writer relays: others would have the relay refused.
+   */
+  function relayRepair (entry: OpenDoc, update: Uint8Array): void {
+    if (!entry.gossip || pubsub == null || !isWriter(entry.id, self) || update.length > maxRelayBytes) return
+    stats.sync.relayed++
+    void publish(entry, encodeMessage(e => {
+      encoding.writeVarUint(e, MESSAGE_SYNC)
+      encoding.writeVarUint(e, SYNC_UPDATE)
+      encoding.writeVarUint8Array(e, update)
+    }))
   }
 
   // --- anti-entropy ---------------------------------------------------------------------------
@@ -769,7 +969,9 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
       await Promise.all(captured)
     },
     async flushed (docId) {
-      await getOpen(docId).tail
+      const entry = getOpen(docId)
+      await entry.tail
+      await entry.lastShare
     },
     onUpdate (docId, listener) {
       const entry = getOpen(docId)
@@ -783,6 +985,11 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
     async syncWith (peer, docIds) {
       await requestSync(peer, docIds ?? 'all')
     },
+    setSnapshot (docId, ref) {
+      if (ref == null) snapshots.delete(docId)
+      else snapshots.set(docId, ref)
+    },
+    snapshotOf: (docId) => snapshots.get(docId),
     antiEntropy: antiEntropyRound,
     async start () {
       if (started) return

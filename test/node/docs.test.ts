@@ -120,6 +120,31 @@ describe('shared documents on mesh nodes', () => {
     }
   })
 
+  it('y-websocket clients on two different nodes see each other\'s presence, and its end', async () => {
+    const docs = [new Y.Doc(), new Y.Doc()]
+    const providers = await Promise.all([a, c].map(async (n, i) => new WebsocketProvider(wsBase(n), 'presence', docs[i], {
+      WebSocketPolyfill: WebSocket as any, disableBc: true, params: { token: await tokenOf(n) }
+    })))
+    const [onA, onC] = providers
+    const sees = (p: WebsocketProvider, other: WebsocketProvider, name: string): boolean =>
+      (p.awareness.getStates().get(other.awareness.clientID) as any)?.user?.name === name
+    try {
+      await waitFor('both providers to sync', () => providers.every(p => p.synced), 20_000)
+      onA.awareness.setLocalStateField('user', { name: 'ada' })
+      onC.awareness.setLocalStateField('user', { name: 'cy' })
+      await waitFor('each client to see the other\'s presence through the mesh', () => sees(onA, onC, 'cy') && sees(onC, onA, 'ada'), 30_000)
+      // A change travels too, not only the first state.
+      onA.awareness.setLocalStateField('user', { name: 'ada lovelace' })
+      await waitFor('C\'s client to see the change', () => sees(onC, onA, 'ada lovelace'), 30_000)
+      // The node of a client that leaves says so, rather than the others waiting 30 s to time it out.
+      onA.destroy()
+      await waitFor('C\'s client to see A\'s client go', () => !onC.awareness.getStates().has(onA.awareness.clientID), 20_000)
+    } finally {
+      for (const p of providers) p.destroy()
+      for (const d of docs) d.destroy()
+    }
+  })
+
   it('the WebSocket wants the token, and a malformed or oversized frame closes only that socket', async () => {
     const refused = await new Promise<number>((resolve) => {
       const ws = new WebSocket(`${wsBase(b)}/board`)
