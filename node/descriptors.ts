@@ -14,13 +14,14 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import { CID } from 'multiformats/cid'
 import { sha256 } from 'multiformats/hashes/sha2'
-import { didFromPeerId } from '../identity/did-key.ts'
+import { didFromPeerId, parsePeerOrDid } from '../identity/did-key.ts'
 import { announce } from '../protocols/announce.ts'
 import { leaseService } from '../protocols/lease.ts'
 import { choose, createLeaseBook, LeaseError } from '../registry/allocation.ts'
 import {
   buildDescriptor, decodeSigned, DescriptorError, encodeSigned, MAX_DESCRIPTOR_BYTES, signDescriptor, supersedes
 } from '../registry/descriptor.ts'
+import { endRecordKey } from '../registry/dht-record.ts'
 import { estimateRtt, vivaldiEstimator } from '../registry/vivaldi.ts'
 import type { Announce, Verdict } from '../protocols/announce.ts'
 import type { LeaseService } from '../protocols/lease.ts'
@@ -43,6 +44,8 @@ export interface DescriptorsConfig {
   ttlMs?: number
   /** Bound on how many other nodes' descriptors are kept. Default 10 000. */
   maxEntries?: number
+  /** Put this node's descriptor in the DHT (under /mesh-end/<peerId>), at most this often. Default 60 s; 0 turns it off. */
+  dhtIntervalMs?: number
 }
 
 export interface NodeRow {
@@ -92,6 +95,8 @@ export interface Descriptors {
   /** Every live descriptor, this node's own included. */
   list: () => EdgeNodeDescriptor[]
   get: (did: string) => EdgeNodeDescriptor | undefined
+  /** The local store first, else a DHT lookup of the node's record (which, if valid, is stored). */
+  find: (did: string, options?: { signal?: AbortSignal, source?: 'any' | 'dht' }) => Promise<{ descriptor: EdgeNodeDescriptor, source: 'local' | 'dht' } | undefined>
   row: (d: EdgeNodeDescriptor) => NodeRow
   /** Latency to a node: measured RTT, else Vivaldi estimate. */
   latency: (did: string) => { ms: number | undefined, source: NodeRow['latencySource'] }
@@ -100,7 +105,8 @@ export interface Descriptors {
   release: (did: string, leaseId: string) => Promise<boolean>
   /** Envelopes dropped by reason (schema, bad-signature, expired, wrong-network, …). */
   dropped: () => Record<string, number>
-  stats: () => { known: number, published: number, received: { gossip: number, pull: number }, pulls: number }
+  /** `known` counts live descriptors, this node's own included. */
+  stats: () => { known: number, published: number, received: { gossip: number, pull: number, dht: number }, skipped: number, pulls: number, dht: { puts: number, putFailures: number, lookups: number } }
   /** Rebuilds, signs, stores and gossips this node's descriptor now. */
   republish: () => Promise<void>
   /** Asks one peer for every live descriptor it holds. */
@@ -121,6 +127,15 @@ function levelOfRole (role: string | undefined): TrustLevel {
   return 'unverified'
 }
 
+function peekIdSeq (bytes: Uint8Array): { id: string, seq: number } | undefined {
+  try {
+    const d = (dagCbor.decode(bytes) as any)?.descriptor
+    return typeof d?.id === 'string' && typeof d?.seq === 'number' ? { id: d.id, seq: d.seq } : undefined
+  } catch {
+    return undefined
+  }
+}
+
 function median (xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b)
   return s[Math.floor(s.length / 2)]
@@ -138,8 +153,17 @@ export const descriptorsFeature: FeatureFactory = (node, init) => {
   const store = new Map<string, { descriptor: EdgeNodeDescriptor, bytes: Uint8Array }>()
   const rtts = new Map<string, number[]>()
   const droppedBy = new Map<string, number>()
-  const received = { gossip: 0, pull: 0 }
+  const received = { gossip: 0, pull: 0, dht: 0 }
+  const dhtIntervalMs = cfg.dhtIntervalMs ?? 60_000
+  const dhtStats = { puts: 0, putFailures: 0, lookups: 0 }
+  /** The descriptor in the DHT is older than the current one (or absent). */
+  let dhtDirty = true
+  let lastDhtPut = 0
+  let dhtPutting = false
   let pulls = 0
+  /** Envelopes not newer than what we hold, ignored without a signature check. */
+  let skipped = 0
+  let leaseRepublish: ReturnType<typeof setTimeout> | undefined
   let published = 0
   let current: { signed: SignedDescriptor, bytes: Uint8Array, cid: CID } | undefined
   let publishedCoordinate: Coordinate | undefined
@@ -249,6 +273,7 @@ export const descriptorsFeature: FeatureFactory = (node, init) => {
     current = { signed, bytes, cid }
     publishedCoordinate = descriptor.latency.coordinate
     published++
+    dhtDirty = true
     if (previous != null && !previous.equals(cid)) {
       try { await node.helia.blockstore.delete(previous) } catch {}
     }
@@ -290,8 +315,22 @@ export const descriptorsFeature: FeatureFactory = (node, init) => {
     return false
   }
 
-  async function admit (bytes: Uint8Array, _from: PeerId, via: 'gossip' | 'pull'): Promise<Verdict> {
+  async function admit (bytes: Uint8Array, _from: PeerId | undefined, via: 'gossip' | 'pull' | 'dht'): Promise<Verdict> {
     received[via]++
+    // Most envelopes are ones we already hold (every pull answer repeats the registry, gossip
+    // arrives on several paths): a cheap look at id and seq spares the signature check. An
+    // envelope that claims to be newer is always verified in full.
+    if (bytes.length <= MAX_DESCRIPTOR_BYTES) {
+      const peek = peekIdSeq(bytes)
+      if (peek != null) {
+        if (peek.id === node.did) return 'ignore'
+        const held = store.get(peek.id)?.descriptor.seq
+        if (held !== undefined && peek.seq <= held) {
+          skipped++
+          return 'ignore'
+        }
+      }
+    }
     let signed: SignedDescriptor
     try {
       signed = await decodeSigned(bytes, { maxBytes: MAX_DESCRIPTOR_BYTES })
@@ -391,6 +430,84 @@ export const descriptorsFeature: FeatureFactory = (node, init) => {
     })()
   }
   const onDisconnect = (evt: CustomEvent<PeerId>): void => { pulledFrom.delete(evt.detail.toString()) }
+
+  /**
+   * Peers that connected and were identified before this feature started (a restarted node is
+   * redialled by its old peers as soon as it listens) fired no event we heard: ask them now, and
+   * tell them who we are, since our first publish went out before anyone listened.
+   */
+  async function catchUp (): Promise<void> {
+    if (ann == null) return
+    for (const c of node.libp2p.getConnections()) {
+      const peer = await node.libp2p.peerStore.get(c.remotePeer).catch(() => undefined)
+      if (peer != null) onIdentify(new CustomEvent('peer:identify', { detail: { peerId: c.remotePeer, protocols: peer.protocols } }))
+    }
+    const topic = ann.topic
+    if ((node.libp2p.services.pubsub?.getSubscribers(topic).length ?? 0) > 0) {
+      onSubscription(new CustomEvent('subscription-change', { detail: { subscriptions: [{ topic, subscribe: true }] } }))
+    }
+  }
+
+  /** Keeps this node's record in the DHT current, at most once per dhtIntervalMs; a failed put is retried next tick. */
+  async function putInDht (): Promise<void> {
+    if (dhtIntervalMs <= 0 || !dhtDirty || dhtPutting || current == null || stopped) return
+    if (Date.now() - lastDhtPut < dhtIntervalMs) return
+    if (node.libp2p.getConnections().length === 0) return
+    dhtPutting = true
+    const bytes = current.bytes
+    try {
+      dhtDirty = false
+      lastDhtPut = Date.now()
+      let stored = 0
+      for await (const evt of node.libp2p.services.dht.put(endRecordKey(node.peerId.toString()), bytes, { signal: AbortSignal.timeout(30_000) })) {
+        if (evt.name === 'PEER_RESPONSE' && evt.messageName === 'PUT_VALUE') stored++
+      }
+      if (stored === 0) throw new Error('no DHT peer stored the record')
+      dhtStats.puts++
+    } catch {
+      dhtStats.putFailures++
+      dhtDirty = true
+      lastDhtPut = Date.now() - dhtIntervalMs + Math.min(dhtIntervalMs, 2_000)
+    } finally {
+      dhtPutting = false
+    }
+  }
+
+  async function find (did: string, options: { signal?: AbortSignal, source?: 'any' | 'dht' } = {}): Promise<{ descriptor: EdgeNodeDescriptor, source: 'local' | 'dht' } | undefined> {
+    if (options.source !== 'dht') {
+      const local = api.get(did)
+      if (local != null) return { descriptor: local, source: 'local' }
+    }
+    if (did === node.did && current != null) return { descriptor: current.signed.descriptor, source: 'local' }
+    let peerId: string
+    try {
+      peerId = parsePeerOrDid(did).toString()
+    } catch {
+      return undefined
+    }
+    dhtStats.lookups++
+    let best: Uint8Array | undefined
+    try {
+      // kad-dht validates every record it is handed and yields the selector's pick last.
+      for await (const evt of node.libp2p.services.dht.get(endRecordKey(peerId), { signal: options.signal ?? AbortSignal.timeout(10_000) })) {
+        if (evt.name === 'VALUE') best = evt.value
+      }
+    } catch (err: any) {
+      if (options.signal?.aborted === true) throw err
+    }
+    if (best == null) return undefined
+    let signed: SignedDescriptor
+    try {
+      signed = await decodeSigned(best, { maxBytes: MAX_DESCRIPTOR_BYTES })
+    } catch (err) {
+      drop(err instanceof DescriptorError ? err.reason : 'malformed')
+      return undefined
+    }
+    if (signed.descriptor.peerId !== peerId) return undefined
+    await admit(best, undefined, 'dht')
+    const d = store.get(signed.descriptor.id)?.descriptor ?? signed.descriptor
+    return d.network === node.network ? { descriptor: d, source: 'dht' } : undefined
+  }
   /** Someone new listens: say who we are (gossipsub drops nothing we published before it joined). */
   let subscriberTimer: ReturnType<typeof setTimeout> | undefined
   const onSubscription = (evt: CustomEvent<{ subscriptions: Array<{ topic: string, subscribe: boolean }> }>): void => {
@@ -407,6 +524,7 @@ export const descriptorsFeature: FeatureFactory = (node, init) => {
     await pingPeers()
     prune()
     if (needsRepublish()) await republish()
+    void putInDht()
   }
 
   function placementOf (choice: Choice): NodeRow {
@@ -520,13 +638,14 @@ export const descriptorsFeature: FeatureFactory = (node, init) => {
     },
     list,
     get: (did) => did === node.did ? current?.signed.descriptor : (list(), store.get(did)?.descriptor),
+    find,
     row,
     latency,
     trustOf,
     allocate,
     release,
     dropped: () => Object.fromEntries(droppedBy),
-    stats: () => ({ known: store.size, published, received: { ...received }, pulls }),
+    stats: () => ({ known: list().length, published, received: { ...received }, skipped, pulls, dht: { ...dhtStats } }),
     republish,
     pull: pullFrom
   }
@@ -541,8 +660,11 @@ export const descriptorsFeature: FeatureFactory = (node, init) => {
         receive: admit,
         all: () => {
           prune()
-          return [...(current != null ? [current.bytes] : []), ...[...store.values()].map(e => e.bytes)]
+          const own = current != null ? [{ id: node.did, seq: current.signed.descriptor.seq, bytes: current.bytes }] : []
+          return [...own, ...[...store.values()].map(e => ({ id: e.descriptor.id, seq: e.descriptor.seq, bytes: e.bytes }))]
         },
+        have: () => [...(current != null ? [[node.did, current.signed.descriptor.seq] as [string, number]] : []),
+          ...[...store.values()].map(e => [e.descriptor.id, e.descriptor.seq] as [string, number])],
         maxBytes: MAX_DESCRIPTOR_BYTES,
         onDropped: drop
       })
@@ -550,7 +672,16 @@ export const descriptorsFeature: FeatureFactory = (node, init) => {
         network: node.network,
         did: node.did,
         book,
-        onChange: () => { void republish().catch(() => {}) },
+        // The lease book, not the descriptor, is what refuses an oversubscription, so free slots
+        // are advertised at most once a second: a burst of allocations is one message, not two each.
+        onChange: () => {
+          if (leaseRepublish != null || stopped) return
+          leaseRepublish = setTimeout(() => {
+            leaseRepublish = undefined
+            void republish().catch(() => {})
+          }, 1_000)
+          leaseRepublish.unref()
+        },
         onDropped: reason => drop(`lease-${reason}`)
       })
       await publishNow()
@@ -559,6 +690,7 @@ export const descriptorsFeature: FeatureFactory = (node, init) => {
       node.libp2p.addEventListener('peer:identify', onIdentify as any)
       node.libp2p.addEventListener('peer:disconnect', onDisconnect as any)
       node.libp2p.services.pubsub?.addEventListener('subscription-change', onSubscription as any)
+      await catchUp()
       timer = setInterval(() => { void tick().catch(() => {}) }, pingIntervalMs)
       timer.unref()
       // A first measurement soon after the first peers arrive, not a whole interval later.
@@ -568,6 +700,7 @@ export const descriptorsFeature: FeatureFactory = (node, init) => {
       stopped = true
       if (timer != null) clearInterval(timer)
       if (subscriberTimer != null) clearTimeout(subscriberTimer)
+      if (leaseRepublish != null) clearTimeout(leaseRepublish)
       node.libp2p.removeEventListener('peer:identify', onIdentify as any)
       node.libp2p.removeEventListener('peer:disconnect', onDisconnect as any)
       node.libp2p.services.pubsub?.removeEventListener('subscription-change', onSubscription as any)

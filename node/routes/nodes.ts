@@ -56,10 +56,14 @@ export const nodeRoutes: RouteModule = (app, { current }) => {
 
   app.get('/v1/nodes/:did', async (req) => {
     const did = (req.params as { did: string }).did
+    const source = (req.query as Record<string, unknown> | undefined)?.source
+    if (source !== undefined && source !== 'any' && source !== 'dht') throw new HttpError(400, `source must be any or dht, got ${String(source)}`)
     const registry = descriptorsOf(current())
-    const d = registry.get(did)
-    if (d == null) throw new HttpError(404, `no live descriptor of ${did}`)
-    return { ...registry.row(d), descriptor: d }
+    // Not in the local store (or ?source=dht): look the node's record up in the DHT.
+    const found = await withTimeout(timeoutOf(req), `the descriptor of ${did} in the DHT`, async signal =>
+      registry.find(did, { signal, source: source as 'any' | 'dht' | undefined }))
+    if (found == null) throw new HttpError(404, `no live descriptor of ${did}`)
+    return { ...registry.row(found.descriptor), source: found.source, descriptor: found.descriptor }
   })
 
   app.post('/v1/allocations', async (req, reply) => {
