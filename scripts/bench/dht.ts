@@ -6,7 +6,6 @@
 //
 // Every (configuration, size) runs in a fresh child process, so RSS and CPU figures belong to that
 // mesh alone. The parent prints a table and, last, one JSON line with every figure.
-import { spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { noise } from '@chainsafe/libp2p-noise'
@@ -18,7 +17,7 @@ import { ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
 import { createLibp2p } from 'libp2p'
 import { MeshNode } from '../../node/mesh-node.ts'
-import { cpuOver, MB, memory, memoryDelta } from './lib/process.ts'
+import { cpuOver, MB, runChild as runChildProcess, memory, memoryDelta } from './lib/process.ts'
 import { mapLimit, mean, percentile, prng, round, table } from './lib/stats.ts'
 import type { KadDHT } from '@libp2p/kad-dht'
 import type { PeerId } from '@libp2p/interface'
@@ -223,18 +222,7 @@ function derangement (n: number, rand: () => number): number[] {
 }
 
 async function runChild (args: string[]): Promise<Result> {
-  const self = fileURLToPath(import.meta.url)
-  return new Promise((resolve, reject) => {
-    const proc = spawn(process.execPath, [self, ...args], { stdio: ['ignore', 'pipe', 'inherit'] })
-    let out = ''
-    proc.stdout.on('data', (d: Buffer) => { out += d.toString() })
-    proc.on('error', reject)
-    proc.on('exit', (code) => {
-      const line = out.split('\n').find(l => l.startsWith('RESULT '))
-      if (line == null) reject(new Error(`child ${args.join(' ')} exited ${code} without a result`))
-      else resolve(JSON.parse(line.slice(7)))
-    })
-  })
+  return runChildProcess<Result>(fileURLToPath(import.meta.url), args)
 }
 
 async function main (): Promise<void> {

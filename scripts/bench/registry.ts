@@ -17,7 +17,6 @@
 // chunk a node receives by half the pair's RTT, keeping order (a pipe, not a queue of sleeps).
 //
 // Each size runs in a fresh child process; the parent prints a table and a final JSON line.
-import { spawn } from 'node:child_process'
 import * as os from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
@@ -26,7 +25,7 @@ import { memory } from '@libp2p/memory'
 import { descriptorsFeature, descriptorsOf } from '../../node/descriptors.ts'
 import { MeshNode } from '../../node/mesh-node.ts'
 import { parseConstraints } from '../../registry/constraints.ts'
-import { cpuOver, MB, memory as memorySample } from './lib/process.ts'
+import { cpuOver, MB, runChild as runChildProcess, memory as memorySample } from './lib/process.ts'
 import { median, percentile, prng, round, table } from './lib/stats.ts'
 
 const TARGETS = { joinMs: 5_000, allocP99Ms: 50, nearestPct: 95, estimateErrPct: 15 }
@@ -263,18 +262,7 @@ async function child (size: number, seed: number, settleS: number, joins: number
 }
 
 async function runChild (args: string[]): Promise<Result> {
-  const self = fileURLToPath(import.meta.url)
-  return new Promise((resolve, reject) => {
-    const proc = spawn(process.execPath, [self, ...args], { stdio: ['ignore', 'pipe', 'inherit'] })
-    let out = ''
-    proc.stdout.on('data', (d: Buffer) => { out += d.toString() })
-    proc.on('error', reject)
-    proc.on('exit', (code) => {
-      const line = out.split('\n').find(l => l.startsWith('RESULT '))
-      if (line == null) reject(new Error(`child ${args.join(' ')} exited ${code} without a result`))
-      else resolve(JSON.parse(line.slice(7)))
-    })
-  })
+  return runChildProcess<Result>(fileURLToPath(import.meta.url), args)
 }
 
 function mark (ok: boolean): string {

@@ -1,4 +1,5 @@
 // Process-level resource sampling for the benchmarks: memory after a full GC, CPU time over a window.
+import { spawn } from 'node:child_process'
 import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
 
@@ -40,3 +41,21 @@ export async function cpuOver (ms: number): Promise<{ cpuMs: number, wallMs: num
 }
 
 export const MB = 1024 * 1024
+
+/**
+ * Runs `script` again as a child process with `args` (so each measured mesh has a process of its
+ * own) and resolves with the JSON the child printed on its `RESULT ` line.
+ */
+export async function runChild<T> (script: string, args: string[]): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const proc = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'inherit'] })
+    let out = ''
+    proc.stdout.on('data', (d: Buffer) => { out += d.toString() })
+    proc.on('error', reject)
+    proc.on('exit', (code) => {
+      const line = out.split('\n').find(l => l.startsWith('RESULT '))
+      if (line == null) reject(new Error(`child ${args.join(' ')} exited ${code} without a result`))
+      else resolve(JSON.parse(line.slice(7)))
+    })
+  })
+}
