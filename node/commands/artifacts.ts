@@ -144,19 +144,15 @@ export const artifactCommands: CommandModule = (program) => {
     .option('--env <NAME=VALUE>', 'an environment variable (repeatable)', collect)
     .option('--memory <bytes>', 'lower the memory limit', positiveInt('--memory'))
     .option('--time-limit <ms>', 'lower the wall-time limit', positiveInt('--time-limit'))
-    .option('--region <region>', 'place by region (not available yet)')
-    .option('--max-latency <ms>', 'place by latency (not available yet)')
+    .option('--region <region>', 'run on the nearest node in this region (unless --node)')
+    .option('--max-latency <ms>', 'run on the nearest node within this latency (unless --node)', positiveInt('--max-latency'))
     .action(async (text: string, args: string[], o, cmd: Command) => {
       const opts = globals(cmd)
-      if (o.region != null || o.maxLatency != null) {
-        // TODO: placement by constraints comes with the registry's allocation feature.
-        throw new UserError('placement by --region/--max-latency is not available yet; name a node with --node')
-      }
       const stdin = o.stdin != null ? Buffer.from(await readInput(o.stdin)).toString('base64') : undefined
       const limits: Record<string, number> = {}
       if (o.memory != null) limits.memoryBytes = o.memory
       if (o.timeLimit != null) limits.timeoutMs = o.timeLimit
-      const r = await (await client(cmd)).post(`/v1/functions/${ref(text)}`, { args, env: parseEnv(o.env), stdin, node: o.node, limits })
+      const r = await (await client(cmd)).post(`/v1/functions/${ref(text)}`, { args, env: parseEnv(o.env), stdin, node: o.node, region: o.region, maxLatency: o.maxLatency, limits })
       if (opts.json === true) {
         print(opts, r, () => '')
         return

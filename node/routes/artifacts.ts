@@ -1,7 +1,9 @@
 // HTTP routes of artifacts and functions: publish, list, fetch, remove, invoke.
 import { ArtifactError, MAX_ARTIFACT_BYTES, parseArtifactRef } from '../../registry/artifact.ts'
 import { InvokeError, MAX_STDIN_BYTES } from '../../protocols/invoke.ts'
+import { ConstraintError, constraintsFromOptions } from '../../registry/constraints.ts'
 import { artifactsOf } from '../artifacts.ts'
+import { descriptorsOf } from '../descriptors.ts'
 import { functionsOf } from '../functions.ts'
 import { HttpError, timeoutOf, withTimeout } from '../http-kit.ts'
 import type { RouteContext } from './index.ts'
@@ -64,12 +66,31 @@ export function artifactRoutes (app: FastifyInstance, { current }: RouteContext)
     const stdin = b.stdin == null ? undefined : new Uint8Array(Buffer.from(b.stdin, 'base64'))
     if (stdin != null && stdin.length > MAX_STDIN_BYTES) throw new HttpError(413, `stdin is over ${MAX_STDIN_BYTES} bytes`)
     if (b.node != null && typeof b.node !== 'string') throw new HttpError(400, 'node is a peer ID or did:key')
-    if (b.region != null || b.maxLatency != null) {
-      // TODO: placement by constraints comes with the registry's allocation feature.
-      throw new HttpError(501, 'placement by constraints (region, max latency) is not available yet; name a node with "node"')
+    const node = current()
+    // Placement: with constraints and no named node, the registry's allocation chooses the node
+    // and holds a slot on it (a lease) for the length of the call.
+    let placed: { did: string, peerId: string, self: boolean, lease: { id: string } } | undefined
+    if (b.node == null && (b.region != null || b.maxLatency != null)) {
+      let constraints
+      try {
+        constraints = constraintsFromOptions({ region: b.region, maxLatencyMs: b.maxLatency })
+      } catch (err) {
+        if (err instanceof ConstraintError) throw new HttpError(400, err.message)
+        throw err
+      }
+      const outcome = await withTimeout(timeoutOf(req), 'a node for the function', async signal =>
+        descriptorsOf(node).allocate({ constraints, count: 1, slots: 1, ttlMs: 60_000, signal }))
+      if (!outcome.ok) throw new HttpError(outcome.status, `no node to run ${ref} on: ${outcome.explanation}`)
+      placed = outcome.chosen[0]
     }
-    const result = await clear(async () => withTimeout(timeoutOf(req), `function ${ref}`, async signal =>
-      functionsOf(current()).invoke(ref, { args: b.args, env: b.env, stdin, limits: b.limits }, { on: b.node, signal })))
+    const on = placed == null ? b.node : (placed.self ? undefined : placed.peerId)
+    let result
+    try {
+      result = await clear(async () => withTimeout(timeoutOf(req), `function ${ref}`, async signal =>
+        functionsOf(node).invoke(ref, { args: b.args, env: b.env, stdin, limits: b.limits }, { on, signal })))
+    } finally {
+      if (placed != null) await descriptorsOf(node).release(placed.did, placed.lease.id).catch(() => {})
+    }
     return {
       node: result.node,
       exitCode: result.exitCode,

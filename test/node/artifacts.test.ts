@@ -44,9 +44,9 @@ describe('artifacts and functions across nodes', () => {
     dirs = await tempDirs()
     fixtures = await dirs.make('mesh-wasm-')
     wasm = await buildWasmFixtures(fixtures, ['echo', 'loop'])
-    a = await startNode(join(await dirs.make(), 'a'))
+    a = await startNode(join(await dirs.make(), 'a'), ['--region', 'eu-west'])
     nodes.push(a)
-    b = await startNode(join(await dirs.make(), 'b'), ['--bootstrap', a.info.addresses[0]])
+    b = await startNode(join(await dirs.make(), 'b'), ['--bootstrap', a.info.addresses[0], '--region', 'us-east'])
     nodes.push(b)
     await waitFor('B to see A', async () => (await meshJson(['peers', '--repo', b.repo])).some((p: any) => p.peerId === a.info.peerId))
   })
@@ -108,6 +108,16 @@ describe('artifacts and functions across nodes', () => {
     assert.equal(json.node, a.info.peerId)
     assert.equal(json.outcome, 'ok')
     assert.equal(Buffer.from(json.stdout, 'base64').toString(), 'args:\nstdin:\n')
+  })
+
+  it('places an invocation by region through the registry, and says why when nothing matches', async () => {
+    await waitFor('B to know A\'s descriptor', async () => (await meshJson(['nodes', '--region', 'eu-west', '--repo', b.repo])).length > 0)
+    const r = await mesh(['fn', 'invoke', 'echo@1.0.0', '--region', 'eu-west', '--repo', b.repo, '--json', '--', 'placed'])
+    assert.equal(r.code, 0, r.stderr)
+    const placed = JSON.parse(r.stdout)
+    assert.equal(placed.node, a.info.peerId, 'the only eu-west node ran it')
+    assert.equal(Buffer.from(placed.stdout, 'base64').toString(), 'args:placed\nstdin:\n')
+    assertOneLineError(await mesh(['fn', 'invoke', 'echo@1.0.0', '--region', 'mars', '--repo', b.repo]), /no node to run echo@1\.0\.0 on: region = mars/)
   })
 
   it('invokes locally, fetching the artifact first if needed', async () => {
