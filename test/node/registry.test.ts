@@ -238,7 +238,9 @@ describe('allocation over links of different latency (in-process nodes on @libp2
     const us = await make('us', 'us-east', 1)
     const q = await make('q', 'ap-south', 1, ['far', 'near', 'mid', 'us'].map(n => `/memory/${tag}-${n}`))
     const registry = descriptorsOf(q)
-    await waitFor('Q to measure every node', () => [far, near, mid, us].every(n => registry.latency(n.did).source === 'measured'), 30_000)
+    // Pings measure a link as soon as it is up; the descriptor crosses the slow link later.
+    await waitFor('Q to measure every node and hold its descriptor', () =>
+      [far, near, mid, us].every(n => registry.latency(n.did).source === 'measured' && registry.get(n.did) != null), 30_000)
     assert.ok(registry.latency(far.did).ms! > registry.latency(near.did).ms!, 'the injected latencies show in the RTTs')
 
     const one = await registry.allocate({ constraints: parseConstraints('region = eu-west') })
