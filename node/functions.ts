@@ -121,6 +121,13 @@ export const functions: FeatureFactory = (node, init) => {
       return `this node is not a member of ${community.name} (it holds no membership credential), and only members may invoke; join with an invite`
     }
     const wanted = `${protocolPrefix(node.network)}/invoke/1.0.0`
+    const refused = node.refusal(peer)
+    if (refused != null) {
+      const kept = `this node refused it (${refused.reason}) and keeps it out until ${new Date(refused.until).toISOString()}`
+      return refused.reason === 'wrong-network'
+        ? `it does not serve ${wanted}: it is not a node of this node's network (${community?.name ?? node.network}); ${kept}`
+        : kept
+    }
     const known = await node.libp2p.peerStore.get(peer).catch(() => undefined)
     if (known == null) return `${err.message} (no known address or protocols: is it in this node's network, ${community?.name ?? node.network}?)`
     if (known.protocols.length > 0 && !known.protocols.includes(wanted)) {

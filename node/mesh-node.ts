@@ -100,7 +100,7 @@ export class MeshNode {
   private readonly blockstore: FsBlockstore | MemoryBlockstore
   private readonly datastore: FsDatastore | MemoryDatastore
   /** Peers refused (wrong network, failed membership), by peer ID, until a time (ms). */
-  private readonly denied = new Map<string, number>()
+  private readonly denied = new Map<string, { until: number, reason: string }>()
   private keeper?: ReturnType<typeof setInterval>
   private stopping = false
   private keeping = false
@@ -284,11 +284,16 @@ export class MeshNode {
 
   private isDenied (peer: PeerId): boolean {
     if (this.community != null && !this.gateUp) return true
-    const until = this.denied.get(peer.toString())
-    if (until == null) return false
-    if (until > Date.now()) return true
+    return this.refusal(peer) != null
+  }
+
+  /** Why this node keeps a peer out, while it does (so callers can say so, not just "gated"). */
+  refusal (peer: PeerId): { reason: string, until: number } | undefined {
+    const entry = this.denied.get(peer.toString())
+    if (entry == null) return undefined
+    if (entry.until > Date.now()) return entry
     this.denied.delete(peer.toString())
-    return false
+    return undefined
   }
 
   /**
@@ -297,7 +302,7 @@ export class MeshNode {
    */
   async refuse (peer: PeerId, reason: string, forMs = 10 * 60_000): Promise<void> {
     this.count(this.counters.peersRejected, reason)
-    this.denied.set(peer.toString(), Date.now() + forMs)
+    this.denied.set(peer.toString(), { until: Date.now() + forMs, reason })
     await (this.libp2p.services.dht as any).routingTable?.remove(peer).catch(() => {})
     await this.libp2p.hangUp(peer).catch(() => {})
     await this.libp2p.peerStore.delete(peer).catch(() => {})
