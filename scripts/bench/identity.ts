@@ -1,19 +1,26 @@
 // Identity benchmark: did:key resolution, credential verification (cold and cached) against
 // did-jwt-vc's verifyCredential measured in the same run, and the time the membership handshake
-// adds to a new connection between two in-process MeshNodes (real TCP on 127.0.0.1, real Noise).
+// adds to a new connection between two MeshNodes (real TCP on 127.0.0.1, real Noise).
 //
 //   node scripts/bench/identity.ts [--rounds 5] [--resolutions 20000] [--verifications 2000]
 //                                  [--baseline 300] [--connections 60]
 //
-// Everything runs on the one JS thread of this process (one core). Rounds interleave every
-// measurement with its baseline; the table shows medians over rounds. Last line: JSON.
+// The crypto figures and the listening node A run on this process's main thread; the connecting
+// node B runs in a worker thread (identity-dialer.ts), because two ends sharing one event loop
+// queue each other's identify and Noise work ahead of the handshake, which separate machines never
+// do. The worker starts a fresh B (same key per variant) for every connection and stops it after;
+// A is long-lived, and each connection waits until A has seen the previous one close. Connection
+// times are taken on B; A's verdict is stamped here on the clock both threads share
+// (performance.timeOrigin + performance.now()). Rounds interleave every measurement with its
+// baseline; the table shows medians over rounds. Last line: JSON.
 import { mkdtemp, rm } from 'node:fs/promises'
 import { createPublicKey, verify } from 'node:crypto'
 import { cpus, loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
-import { generateKeyPair } from '@libp2p/crypto/keys'
-import { lpStream } from '@libp2p/utils'
+import { Worker } from 'node:worker_threads'
+import { generateKeyPair, privateKeyToProtobuf } from '@libp2p/crypto/keys'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { verifyCredential as libraryVerify } from 'did-jwt-vc'
 import { Resolver } from 'did-resolver'
 import { getResolver as keyDidResolver } from 'key-did-resolver'
@@ -24,7 +31,8 @@ import { Community } from '../../node/community.ts'
 import { dhtProtocol } from '../../node/libp2p.ts'
 import { MeshNode } from '../../node/mesh-node.ts'
 import { median, percentile, round, table } from './lib/stats.ts'
-import type { PrivateKey } from '@libp2p/interface'
+import type { DialerReply, DialerRequest, DialerVariant } from './identity-dialer.ts'
+import type { PeerId } from '@libp2p/interface'
 
 const { values: args } = parseArgs({
   options: {
@@ -127,87 +135,116 @@ const VARIANTS: Record<Variant, string> = {
   'closed-cold': 'closed community, credential cache emptied before each connection'
 }
 
-/** A long-lived node A per variant; each sample starts a node B (same key per variant), dials A, stops B. */
+/** A long-lived node A per variant (this thread); the dialer worker starts a B per connection (same key per variant). */
 interface Pair {
   variant: Variant
   a: MeshNode
-  keyB: PrivateKey
-  genesis?: Awaited<ReturnType<typeof createGenesis>>
-  credential?: string
-  protocol: string
+  peerB: PeerId
+  dialer: DialerVariant
+  /** When A's verdict on the current B came in (shared clock), once A has seen B connect. */
+  verdictAt?: Promise<number>
 }
 
 const dirs: string[] = []
+const now = (): number => performance.timeOrigin + performance.now()
 
-async function community (genesis: Awaited<ReturnType<typeof createGenesis>>, credential?: string): Promise<Community> {
+async function community (genesis: Awaited<ReturnType<typeof createGenesis>>): Promise<Community> {
   const dir = await mkdtemp(join(tmpdir(), 'mesh-bench-identity-'))
   dirs.push(dir)
-  return await Community.create(dir, genesis, credential)
+  return await Community.create(dir, genesis)
 }
 
-function meshNode (variant: Variant, privateKey: PrivateKey, c?: Community): MeshNode {
-  return new MeshNode({ privateKey, network: `bench-identity-${variant}`, community: c, gossip: false, minPeers: 0 })
+/** The node's membership handshake (private to MeshNode; the bench reads its verdicts). */
+function verdictOf (node: MeshNode, peer: PeerId): Promise<unknown> | undefined {
+  return (node as unknown as { membership?: { verdict: (p: PeerId) => Promise<unknown> } }).membership?.verdict(peer)
 }
 
 async function pair (variant: Variant): Promise<Pair> {
   const keyA = await generateKeyPair('Ed25519')
   const keyB = await generateKeyPair('Ed25519')
-  if (variant === 'none') {
-    const a = meshNode(variant, keyA)
-    await a.start()
-    return { variant, a, keyB, protocol: dhtProtocol(a.network) }
+  const network = `bench-identity-${variant}`
+  let genesis: Awaited<ReturnType<typeof createGenesis>> | undefined
+  let credential: string | undefined
+  if (variant !== 'none') {
+    genesis = await createGenesis({ key: keyA, name: `bench-${variant}`, open: variant === 'open' })
+    if (variant !== 'open') credential = await issueMembership({ key: keyA, genesis, subject: didOfKey(keyB), role: 'member', expiresIn: 86_400 })
   }
-  const genesis = await createGenesis({ key: keyA, name: `bench-${variant}`, open: variant === 'open' })
-  const credential = variant === 'open' ? undefined : await issueMembership({ key: keyA, genesis, subject: didOfKey(keyB), role: 'member', expiresIn: 86_400 })
-  const a = meshNode(variant, keyA, await community(genesis))
+  const a = new MeshNode({ privateKey: keyA, network, community: genesis == null ? undefined : await community(genesis), gossip: false, minPeers: 0 })
   await a.start()
-  return { variant, a, keyB, genesis, credential, protocol: dhtProtocol(a.network) }
+  const peerB = peerIdFromPrivateKey(keyB)
+  const p: Pair = {
+    variant,
+    a,
+    peerB,
+    dialer: {
+      network,
+      key: privateKeyToProtobuf(keyB),
+      genesis: genesis?.bytes,
+      credential,
+      addr: a.libp2p.getMultiaddrs()[0].toString(),
+      peer: a.peerId.toString(),
+      protocol: dhtProtocol(a.network)
+    }
+  }
+  // Asked right after the handshake's own peer:connect listener (registered at start) made the entry.
+  a.libp2p.addEventListener('peer:connect', evt => {
+    if (evt.detail.equals(peerB)) p.verdictAt = verdictOf(a, peerB)?.then(now)
+  })
+  return p
 }
 
-const DHT_PING = Uint8Array.of(0x08, 0x05) // kad-dht Message { type: PING }
+/** The dialer worker: one request at a time, one reply each. */
+function dialerWorker (): { request: (r: DialerRequest) => Promise<DialerReply>, worker: Worker } {
+  const worker = new Worker(new URL('./identity-dialer.ts', import.meta.url))
+  let waiting: { resolve: (r: DialerReply) => void, reject: (e: Error) => void } | undefined
+  worker.on('message', (reply: DialerReply) => {
+    const w = waiting
+    waiting = undefined
+    if (reply.type === 'error') w?.reject(new Error(`dialer: ${reply.message}`))
+    else w?.resolve(reply)
+  })
+  worker.on('error', err => { waiting?.reject(err); waiting = undefined })
+  worker.on('exit', code => { waiting?.reject(new Error(`dialer exited (${code})`)); waiting = undefined })
+  return {
+    worker,
+    request: async r => await new Promise((resolve, reject) => {
+      waiting = { resolve, reject }
+      worker.postMessage(r)
+    })
+  }
+}
 
-/** The node's membership handshake (private to MeshNode; the bench reads its verdicts). */
-function verdictOf (node: MeshNode, peer: MeshNode): Promise<unknown> | undefined {
-  return (node as unknown as { membership?: { verdict: (p: unknown) => Promise<unknown> } }).membership?.verdict(peer.peerId)
+/** Resolves once A holds no connection to `peer` (B's next incarnation must not find its old one). */
+async function gone (a: MeshNode, peer: PeerId): Promise<void> {
+  if (a.libp2p.getConnections(peer).length === 0) return
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => { done(); reject(new Error('A did not see B disconnect within 10 s')) }, 10_000)
+    const onDisconnect = (evt: CustomEvent<PeerId>): void => { if (evt.detail.equals(peer)) { done(); resolve() } }
+    const done = (): void => { clearTimeout(timer); a.libp2p.removeEventListener('peer:disconnect', onDisconnect) }
+    a.libp2p.addEventListener('peer:disconnect', onDisconnect)
+  })
 }
 
 const handshakeSamples = new Map<Variant, number[]>()
 
 /**
- * A new node B dials A, then sends one DHT ping (a gated protocol) and reads the answer: the time
- * until the peer is usable, in ms. For community variants, also the time from dial until both
- * sides hold their verdict. Starting and stopping B are not timed.
+ * B (in the worker) dials A, then sends one DHT ping (a gated protocol) and reads the answer: the
+ * time until the peer is usable, in ms, timed on B. For community variants, also the time from
+ * dial until both sides hold their verdict (A's stamped here, on the clock both threads share).
+ * Starting and stopping B are not timed.
  */
-async function connectOnce (p: Pair): Promise<number> {
-  const b = meshNode(p.variant, p.keyB, p.genesis == null ? undefined : await community(p.genesis, p.credential))
-  await b.start()
-  try {
-    if (p.variant === 'closed-cold') clearCredentialCache()
-    const signal = AbortSignal.timeout(10_000)
-    const t0 = performance.now()
-    await b.libp2p.dial(p.a.libp2p.getMultiaddrs()[0], { signal })
-    const verdicts = [verdictOf(p.a, b), verdictOf(b, p.a)]
-    if (verdicts[0] != null) {
-      void Promise.all(verdicts).then(() => {
-        const list = handshakeSamples.get(p.variant) ?? []
-        list.push(performance.now() - t0)
-        handshakeSamples.set(p.variant, list)
-      })
-    }
-    const stream = await b.libp2p.dialProtocol(p.a.peerId, p.protocol, { signal })
-    const lp = lpStream(stream)
-    await lp.write(DHT_PING, { signal })
-    const answer = (await lp.read({ signal })).subarray()
-    const ms = performance.now() - t0
-    if (answer[0] !== 0x08 || answer[1] !== 0x05) throw new Error('the DHT did not answer the ping')
-    await stream.close().catch(() => {})
-    return ms
-  } finally {
-    await b.stop()
-    // A must have seen B go, or B's next incarnation would find its old connection
-    const deadline = Date.now() + 10_000
-    while (p.a.libp2p.getConnections(b.peerId).length > 0 && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 2))
+async function connectOnce (p: Pair, request: (r: DialerRequest) => Promise<DialerReply>, record = true): Promise<number> {
+  p.verdictAt = undefined
+  if (p.variant === 'closed-cold') clearCredentialCache() // A's cache: A is the side that verifies
+  const reply = await request({ type: 'connect', variant: p.variant })
+  if (reply.type !== 'connected') throw new Error(`dialer answered ${reply.type}`)
+  await gone(p.a, p.peerB)
+  if (reply.verdictAt != null) {
+    if (p.verdictAt == null) throw new Error(`A never saw B connect (${p.variant})`)
+    const ms = Math.max(await p.verdictAt, reply.verdictAt) - reply.dialAt
+    if (record) handshakeSamples.set(p.variant, [...handshakeSamples.get(p.variant) ?? [], ms])
   }
+  return reply.pingAt - reply.dialAt
 }
 
 // --- run ---------------------------------------------------------------------------------------
@@ -217,18 +254,25 @@ const cryptoRounds: CryptoRound[] = []
 const variants = Object.keys(VARIANTS) as Variant[]
 const pairs = await Promise.all(variants.map(pair))
 const samples = new Map<Variant, number[]>(variants.map(v => [v, []]))
+const dialer = dialerWorker()
 try {
+  const sent = now()
+  const ready = await dialer.request({ type: 'setup', variants: Object.fromEntries(pairs.map(p => [p.variant, p.dialer])) })
+  // the threads' clocks must agree for A's verdict time to be compared with B's dial time
+  if (ready.type !== 'ready' || ready.now < sent - 1 || ready.now > now() + 1) throw new Error('the dialer worker\'s clock disagrees with this thread\'s')
   // one connection per variant to warm everything up (and the credential cache, for `closed`)
-  for (const p of pairs) await connectOnce(p)
+  for (const p of pairs) await connectOnce(p, dialer.request, false)
   for (let r = 0; r < ROUNDS; r++) {
     cryptoRounds.push(await cryptoRound())
     const perRound = Math.ceil(CONNECTIONS / ROUNDS)
     for (let i = 0; i < perRound; i++) {
-      for (const p of pairs) samples.get(p.variant)?.push(await connectOnce(p))
+      for (const p of pairs) samples.get(p.variant)?.push(await connectOnce(p, dialer.request))
     }
     log(`round ${r + 1}/${ROUNDS} done (load ${loadavg()[0].toFixed(2)})`)
   }
 } finally {
+  await dialer.request({ type: 'close' }).catch(() => {})
+  await dialer.worker.terminate()
   for (const p of pairs) await p.a.stop().catch(() => {})
   for (const dir of dirs) await rm(dir, { recursive: true, force: true })
 }
