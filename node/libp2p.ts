@@ -42,7 +42,7 @@ export interface Libp2pInit {
   transports?: Array<(components: any) => Transport>
   /**
    * The routing table's shape (`dht` in config.json). It holds 2^prefixLength × kBucketSize peers;
-   * the defaults (1, 4) suit meshes of up to a few hundred nodes, where lookups end in one hop. A
+   * the defaults (1, 3) suit meshes of up to a few hundred nodes, where lookups end in one hop. A
    * mesh of thousands wants more buckets (prefixLength 4-6) so every lookup keeps getting closer.
    */
   dht?: { kBucketSize?: number, prefixLength?: number }
@@ -83,19 +83,22 @@ export function libp2pOptions (init: Libp2pInit): Libp2pOptions<MeshServices> {
         ? passthroughMapper
         : (peer) => init.admitPeer!(peer.id) ? peer : { ...peer, multiaddrs: [] },
       clientMode: false,
-      // A node's first peers come from its bootstrap list; start querying as soon as it has one.
-      initialQuerySelfInterval: 500,
+      // The first self-query waits for the routing table's first peer (from the bootstrap list),
+      // then makes this node known to the peers nearest it; MeshNode.start waits for it.
+      initialQuerySelfInterval: 0,
       // Connections are what a mesh pays for: on this class of machine (2 cores) a TCP+Noise+identify
       // connection costs ~17-25 ms CPU for its two ends, and kad-dht pings, so dials, every peer it
       // hears of while its routing table has room. With the defaults (k 20, prefixLength 6: room
       // for 1280) a node ends up connected to nearly everyone: at 100 nodes in one process
       // formation did not finish in 60 s, p95 lookups took seconds, 12-19 MB RSS per node. So:
-      // - 2 buckets of 4 (8 peers in the table): each node dials a handful of peers, not all of
+      // - 2 buckets of 3 (6 peers in the table): each node dials a handful of peers, not all of
       //   them. Lookups stay one hop in practice, because a DHT server answers FIND_NODE with the
       //   target itself when it is in its peer store, and every peer that ever heard of the target
-      //   is. Measured at 100 nodes: 17 connections per node (seed included) instead of 45+,
-      //   formation 26 s instead of >60 s, p50 13 ms, RSS 4.4 MB/node instead of 6.5-19.
-      kBucketSize: init.dht?.kBucketSize ?? 4,
+      //   is. Measured at 100 nodes (bench:dht): buckets of 4 opened 919-998 connections during
+      //   formation, buckets of 3 opened 557-677, formation 24-30 s -> 19-20 s, with lookup
+      //   latency the same within noise; at ~20 ms CPU a connection, connections are most of
+      //   formation's CPU either way.
+      kBucketSize: init.dht?.kBucketSize ?? 3,
       prefixLength: init.dht?.prefixLength ?? 1,
       // alpha 10 on 10 disjoint paths puts up to 100 requests (and dials) in flight per lookup;
       // S/Kademlia's disjoint paths guard against an adversary on the path, which a mesh of keyed,
@@ -124,6 +127,13 @@ export function libp2pOptions (init: Libp2pInit): Libp2pOptions<MeshServices> {
     transports: init.transports ?? [tcp()],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
+    // libp2p pings every connection of a node at the same instant every 10 s and aborts any
+    // connection whose ping misses an adaptive timeout. A node with 20 peers pays little for that,
+    // but a busy node (or a simulation of 100 nodes on one core) gets bursts of hundreds of pings a
+    // second, and a ping queued behind them times out and kills a healthy connection: measured at
+    // 100 nodes, 1,960 pings in an 8 s lookup run, with lookups then waiting on redials. Closed
+    // sockets are seen at once anyway; the monitor only has to find silent, half-open ones.
+    connectionMonitor: { pingInterval: 60_000 },
     connectionManager: {
       // libp2p rejects a host that opens more than `inboundConnectionThreshold` connections a
       // second (default 5). On a LAN, behind a NAT or on loopback many peers share one address,

@@ -55,6 +55,10 @@ interface Result {
   arrayBuffersPerNodeMB: number
   idleCpuPerNodePct: number
   connectionsPerNode: number
+  /** Where formation's time goes: CPU the process spent, connections opened, and one connection's CPU. */
+  formationCpuMs: number
+  connectionsOpened: number
+  connectionCpuMs: number
 }
 
 /** One node under test, whichever configuration. */
@@ -133,20 +137,53 @@ async function lookup (from: BenchNode, to: BenchNode, timeoutMs: number): Promi
   }
 }
 
+/**
+ * CPU (both ends, ms) of one new connection in this configuration, up to identify on both sides:
+ * one isolated pair at a time, stopped after, so nothing else runs meanwhile.
+ */
+async function connectionCost (make: (bootstrap: string[]) => Promise<BenchNode>, pairs = 20, warmup = 10): Promise<number> {
+  let cpu = 0
+  for (let i = 0; i < warmup + pairs; i++) {
+    const [a, b] = await Promise.all([make([]), make([])])
+    await a.start()
+    await b.start()
+    const identified = [a, b].map(async node => new Promise(resolve => node.libp2p.addEventListener('peer:identify', resolve, { once: true })))
+    const c0 = process.cpuUsage()
+    await b.libp2p.dial(a.libp2p.getMultiaddrs()[0], { signal: AbortSignal.timeout(10_000) })
+    await Promise.all(identified)
+    const d = process.cpuUsage(c0)
+    // the first connections of a process also pay for compiling the code they run
+    if (i >= warmup) cpu += (d.user + d.system) / 1000
+    await Promise.all([a.stop(), b.stop()])
+  }
+  return cpu / pairs
+}
+
 async function child (config: Config, n: number, pairs: number, concurrency: number, idleS: number, formationTimeoutS: number): Promise<Result> {
   const make = config === 'mesh' ? meshNode : async () => baselineNode()
+  const connectionCpuMs = await connectionCost(make)
   const before = await memory()
+  const cpu0 = process.cpuUsage()
   const t0 = performance.now()
   const deadline = Date.now() + formationTimeoutS * 1000
   const seed = await make([])
   await seed.start()
   const seedAddr = seed.libp2p.getMultiaddrs()[0]
   const others = await Promise.all(Array.from({ length: n - 1 }, async () => make([seedAddr.toString()])))
+  // Every connection has one inbound end: counting those counts connections, wherever they came
+  // from. A node is hooked as soon as it has started, before any other node can know its address.
+  let connectionsOpened = 0
+  let counting = true
+  const countOutbound = (node: BenchNode): void => {
+    node.libp2p.addEventListener('connection:open', (evt) => { if (counting && evt.detail.direction === 'inbound') connectionsOpened++ })
+  }
+  countOutbound(seed)
   // Nodes join JOIN_CONCURRENCY at a time: a whole fleet dialing one seed in the same millisecond
   // only measures how this 2-core machine queues 100 Noise handshakes behind each other.
   let notJoined = 0
   await mapLimit(others, JOIN_CONCURRENCY, async node => {
     await node.start()
+    countOutbound(node)
     await join(node, seedAddr, deadline).catch(() => { notJoined++ })
   })
   if (notJoined > 0) process.stderr.write(`${config} ${n}: ${notJoined} nodes could not join the seed before the formation timeout\n`)
@@ -168,6 +205,9 @@ async function child (config: Config, n: number, pairs: number, concurrency: num
     }
   }
   const formationMs = performance.now() - t0
+  const cpu = process.cpuUsage(cpu0)
+  const formationCpuMs = (cpu.user + cpu.system) / 1000
+  counting = false
 
   const { cpuMs, wallMs } = await cpuOver(idleS * 1000)
   const mem = memoryDelta(await memory(), before)
@@ -200,7 +240,10 @@ async function child (config: Config, n: number, pairs: number, concurrency: num
     externalPerNodeMB: round(mem.external / n / MB, 2),
     arrayBuffersPerNodeMB: round(mem.arrayBuffers / n / MB, 2),
     idleCpuPerNodePct: round(cpuMs / wallMs * 100 / n, 3),
-    connectionsPerNode: round(connectionsPerNode, 1)
+    connectionsPerNode: round(connectionsPerNode, 1),
+    formationCpuMs: round(formationCpuMs, 0),
+    connectionsOpened,
+    connectionCpuMs: round(connectionCpuMs, 2)
   }
 }
 
@@ -273,6 +316,17 @@ async function main (): Promise<void> {
     results.map(r => [r.config, r.nodes, round(r.formationMs / 1000, 1), r.formationRounds, `${r.ok}/${r.pairs}`, r.p50, r.p95, r.p99,
       r.queriedMean, r.rssPerNodeMB, r.heapPerNodeMB, r.externalPerNodeMB, r.connectionsPerNode, r.idleCpuPerNodePct])
   ))
+  console.log('\nwhere formation time goes (one process, so one JS thread for every node: CPU time is wall time):')
+  console.log(table(
+    ['config', 'nodes', 'formation s', 'CPU s', 'connections opened', 'CPU/connection ms', 'connections x CPU s', 'share of CPU'],
+    results.map(r => {
+      const connS = r.connectionsOpened * r.connectionCpuMs / 1000
+      return [r.config, r.nodes, round(r.formationMs / 1000, 1), round(r.formationCpuMs / 1000, 1), r.connectionsOpened, r.connectionCpuMs,
+        round(connS, 1), `${round(100 * connS / (r.formationCpuMs / 1000), 0)}%`]
+    })
+  ))
+  console.log('(connections opened counts the inbound end of every connection any node opened during formation, the seed joins included; ' +
+    'CPU/connection is TCP+Noise+yamux+identify for both ends, measured on isolated pairs in the same process before the mesh starts)')
   console.log(JSON.stringify({ bench: 'dht', results }))
 }
 
