@@ -2,10 +2,12 @@
 // bootstrapped to one seed, for Mesh's libp2p configuration and js-libp2p's defaults as a baseline.
 //
 //   node scripts/bench/dht.ts [--sizes 25,50,100] [--pairs 200] [--only mesh|baseline]
-//                             [--concurrency 4] [--idle 5] [--formation-timeout 60]
+//                             [--concurrency 1] [--idle 5] [--formation-timeout 60]
 //
 // Every (configuration, size) runs in a fresh child process, so RSS and CPU figures belong to that
-// mesh alone. The parent prints a table and, last, one JSON line with every figure.
+// mesh alone. Lookups run one at a time by default: every node shares this process's one JS
+// thread, so concurrent lookups would measure how long each waits for the others' CPU, which
+// lookups from separate machines never do (--concurrency N shows that too). The parent prints a table and, last, one JSON line with every figure.
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { noise } from '@chainsafe/libp2p-noise'
@@ -274,7 +276,7 @@ async function main (): Promise<void> {
       sizes: { type: 'string', default: '25,50,100' },
       pairs: { type: 'string', default: '200' },
       only: { type: 'string' },
-      concurrency: { type: 'string', default: '4' },
+      concurrency: { type: 'string', default: '1' },
       idle: { type: 'string', default: '5' },
       'formation-timeout': { type: 'string', default: '60' },
       child: { type: 'string' },
