@@ -8,6 +8,7 @@ import { kadDHT, passthroughMapper } from '@libp2p/kad-dht'
 import { ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
 import { END_RECORD_NAMESPACE, endRecordSelector, endRecordValidator } from '../registry/dht-record.ts'
+import { noiseCrypto } from './noise-crypto.ts'
 import type { GossipSub } from '@libp2p/gossipsub'
 import type { Identify, IdentifyPush } from '@libp2p/identify'
 import type { ConnectionGater, PeerId, PrivateKey, ServiceMap, Transport } from '@libp2p/interface'
@@ -125,7 +126,8 @@ export function libp2pOptions (init: Libp2pInit): Libp2pOptions<MeshServices> {
     metrics: init.metrics,
     addresses: { listen: init.listen },
     transports: init.transports ?? [tcp()],
-    connectionEncrypters: [noise()],
+    // Noise's own crypto, with session keys imported into node:crypto once (noise-crypto.ts).
+    connectionEncrypters: [noise({ crypto: noiseCrypto })],
     streamMuxers: [yamux()],
     // libp2p pings every connection of a node at the same instant every 10 s and aborts any
     // connection whose ping misses an adaptive timeout. A node with 20 peers pays little for that,

@@ -19,8 +19,11 @@ export const ARTIFACT_TYPE = 'MeshWasmArtifact'
 export const SIGNING_DOMAIN = 'mesh/artifact/v1\n'
 /** Manifests travel over bitswap and the resolve protocol; anything bigger is refused unread. */
 export const MAX_MANIFEST_BYTES = 32 * 1024
-/** The largest module the mesh publishes or fetches. */
-export const MAX_ARTIFACT_BYTES = 32 * 1024 * 1024
+/**
+ * The largest module the mesh publishes or fetches: 128 MiB, room for 64 MB modules and twice
+ * that. A fetch holds one module-sized buffer, so this also bounds what a fetch may allocate.
+ */
+export const MAX_ARTIFACT_BYTES = 128 * 1024 * 1024
 /** A membership credential is a JWT of a few hundred bytes; this bounds what a manifest may carry. */
 const MAX_CREDENTIAL_CHARS = 8 * 1024
 
@@ -216,6 +219,7 @@ function signingInput (manifest: ArtifactManifest): Uint8Array {
   return out
 }
 
-async function sha256Hex (bytes: Uint8Array): Promise<string> {
+/** Hex SHA-256, as a manifest's `sha256` carries it. */
+export async function sha256Hex (bytes: Uint8Array): Promise<string> {
   return Buffer.from((await sha256.digest(bytes)).digest).toString('hex')
 }

@@ -96,6 +96,23 @@ describe('artifacts and functions across nodes', () => {
     assert.deepEqual(bytesOut.stdout, wasm.echo)
   })
 
+  it('moves a module of several blocks (1 MiB chunks) to another node: the exact bytes', async () => {
+    // echo.wasm with a custom section that pads it to 2.5 MiB: a UnixFS root over three leaves.
+    const pad = new Uint8Array(2.5 * 1024 * 1024 - wasm.echo.length - 9)
+    for (let i = 0; i < pad.length; i++) pad[i] = (i * 7) & 0xff
+    const body = [3, ...new TextEncoder().encode('pad')]
+    const leb = (n: number): number[] => { const o: number[] = []; do { let x = n & 0x7f; n >>>= 7; if (n !== 0) x |= 0x80; o.push(x) } while (n !== 0); return o }
+    const big = new Uint8Array([...wasm.echo, 0, ...leb(body.length + pad.length), ...body, ...pad])
+    const file = join(fixtures, 'big.wasm')
+    await writeFile(file, big)
+    const published = await meshJson(['artifact', 'publish', file, '--name', 'big', '--version', '1', '--repo', a.repo])
+    assert.match(published.cid, /^bafybei/, 'a module over one chunk is a dag-pb root')
+    const out = join(fixtures, 'big-fetched.wasm')
+    const r = await mesh(['artifact', 'fetch', 'big@1', '-o', out, '--repo', b.repo])
+    assert.equal(r.code, 0, r.stderr)
+    assert.deepEqual(new Uint8Array(await readFile(out)), big)
+  })
+
   it('invokes on a remote node with args, env and stdin: exact stdout, stderr and exit code', async () => {
     const stdin = join(fixtures, 'stdin.txt')
     await writeFile(stdin, 'from a file')

@@ -7,7 +7,8 @@ import * as raw from 'multiformats/codecs/raw'
 import { sha256 } from 'multiformats/hashes/sha2'
 import { didKeyFromEd25519 } from '../../identity/did-key.ts'
 import {
-  ArtifactError, MAX_MANIFEST_BYTES, checkContent, decodeManifest, manifestCid, nameKey, parseArtifactRef, signManifest
+  ArtifactError, MAX_ARTIFACT_BYTES, MAX_MANIFEST_BYTES, checkContent, decodeManifest, manifestCid, nameKey, parseArtifactRef,
+  signManifest, validateManifest
 } from '../../registry/artifact.ts'
 
 const bytes = new TextEncoder().encode('\0asm pretend module bytes')
@@ -76,6 +77,19 @@ describe('artifact manifest', () => {
     const flipped = new Uint8Array(bytes)
     flipped[3] ^= 1
     await assert.rejects(checkContent(manifest, flipped), /SHA-256/)
+  })
+
+  it('admits modules of 64 MB and up to MAX_ARTIFACT_BYTES, refuses larger ones', async () => {
+    const { signed: { manifest } } = await signed()
+    assert.ok(MAX_ARTIFACT_BYTES >= 64 * 1024 * 1024, 'a 64 MB module is within the limit')
+    validateManifest({ ...manifest, size: 64 * 1024 * 1024 })
+    validateManifest({ ...manifest, size: MAX_ARTIFACT_BYTES })
+    assert.throws(() => validateManifest({ ...manifest, size: MAX_ARTIFACT_BYTES + 1 }), (err: any) => err instanceof ArtifactError && err.reason === 'schema' && /size must be/.test(err.message))
+    // A signed manifest that claims more is refused when decoded, before anything is fetched.
+    const { block } = await signed()
+    const value = dagCbor.decode(block) as any
+    value.manifest.size = MAX_ARTIFACT_BYTES + 1
+    await rejects(dagCbor.encode(value), 'schema', /size must be/)
   })
 
   it('refuses bad names and versions when signing', async () => {
