@@ -153,6 +153,7 @@ export interface DocSync {
   flushed: (docId: string) => Promise<void>
   onUpdate: (docId: string, listener: UpdateListener) => () => void
   awareness: (docId: string) => awarenessProtocol.Awareness
+  /** This node's own presence in a document; it has none (null) until given one. */
   setAwareness: (docId: string, state: Record<string, unknown> | null) => void
   /** Catch up with a peer now, for the given documents (default: all open ones). */
   syncWith: (peer: PeerId, docIds?: string[]) => Promise<void>
@@ -243,6 +244,8 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
   const opening = new Map<string, Promise<OpenDoc>>()
   /** Connected peers that speak the sync protocol. */
   const peers = new Map<string, PeerId>()
+  /** Peers whose gossip subscription list this node has had since they connected. */
+  const subscriptionsSeen = new Set<string>()
   /** Per peer: documents waiting for a sync session ('all' = every open one), and whether one runs. */
   const syncQueue = new Map<string, { docs: Set<string> | 'all', running: boolean, waiters: Array<() => void> }>()
   const streams = new Set<Stream>()
@@ -307,16 +310,25 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
     return entry
   }
 
-  /** Applies an admitted update; true if the document learned something. */
+  /**
+   * Applies an admitted update; true if the document learned something: new structs or deletions
+   * (Yjs emits an update for exactly those), or a part it keeps pending until what it depends on
+   * arrives.
+   */
   function applyRemote (entry: OpenDoc, update: Uint8Array, origin: RemoteOrigin): boolean {
-    const before = Y.encodeStateVector(entry.doc)
+    const { store: structs } = entry.doc
+    const pendingBefore = [structs.pendingStructs, structs.pendingDs]
+    let learned = false
+    const onUpdate = (_u: Uint8Array, o: unknown): void => { if (o === origin) learned = true }
+    entry.doc.on('update', onUpdate)
     try {
       Y.applyUpdate(entry.doc, update, origin)
     } catch {
       drop('apply-failed')
-      return false
+    } finally {
+      entry.doc.off('update', onUpdate)
     }
-    return !equalBytes(before, Y.encodeStateVector(entry.doc))
+    return learned || structs.pendingStructs !== pendingBefore[0] || structs.pendingDs !== pendingBefore[1]
   }
 
   // --- gossip ---------------------------------------------------------------------------------
@@ -358,7 +370,15 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
       if (msg.type !== 'signed') throw new Dropped('unsigned')
       const parsed = parseGossip(msg.data)
       if (parsed.kind === 'update') {
-        await admitUpdate(docId, msg.from, parsed.update)
+        const entry = await admitUpdate(docId, msg.from, parsed.update)
+        stats.gossip.received++
+        // Applied here, where gossipsub has already dropped the copies it has seen. An update that
+        // teaches this node nothing goes no further ('ignore'): whichever way it came first, this
+        // node passed it on then (gossip forwards news, a sync's news is relayed, see
+        // relayRepair). So at a heal each relay dies out where it is old news, rather than every
+        // relay of the same repair reaching every node (at 50 nodes: ~1,000 deliveries of 25 KB
+        // updates, each decoded and applied, most of the heal's CPU).
+        return applyRemote(entry, parsed.update, new RemoteOrigin(msg.from.toString(), 'gossip')) ? 'accept' : 'ignore'
       } else {
         if (parsed.update.length === 0) throw new Dropped('malformed')
         if (!zoneAllows(docId, msg.from)) throw new Dropped('zone')
@@ -378,25 +398,25 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
     if (parsed == null || msg.type !== 'signed') return
     const docId = docIdOfTopic(msg.topic)
     const entry = docId != null ? open.get(docId) : undefined
-    if (entry == null) return
+    // Updates were applied when they were validated; what is left here is presence.
+    if (entry == null || parsed.kind !== 'awareness') return
     stats.gossip.received++
-    const origin = new RemoteOrigin(msg.from.toString(), 'gossip')
-    if (parsed.kind === 'update') {
-      applyRemote(entry, parsed.update, origin)
-    } else {
-      try {
-        awarenessProtocol.applyAwarenessUpdate(entry.awareness, parsed.update, origin)
-      } catch {
-        drop('invalid-awareness')
-      }
+    try {
+      awarenessProtocol.applyAwarenessUpdate(entry.awareness, parsed.update, new RemoteOrigin(msg.from.toString(), 'gossip'))
+    } catch {
+      drop('invalid-awareness')
     }
   }
 
   const onSubscriptionChange = (evt: CustomEvent<{ peerId: PeerId, subscriptions: Array<{ topic: string, subscribe: boolean }> }>): void => {
     const { peerId, subscriptions } = evt.detail
     const docs = subscriptions.filter(s => s.subscribe).map(s => docIdOfTopic(s.topic)).filter((id): id is string => id != null && open.has(id))
+    // The list a peer sends when a connection opens is not a join: the connect session covers
+    // those documents (at a healed partition, syncing again per list doubled the sessions).
+    const initial = !subscriptionsSeen.has(peerId.toString())
+    subscriptionsSeen.add(peerId.toString())
     // A peer that joins a document we hold catches up from us (its own join may have asked others).
-    if (docs.length > 0 && peers.has(peerId.toString())) requestSync(peerId, docs)
+    if (docs.length > 0 && !initial && peers.has(peerId.toString())) requestSync(peerId, docs)
     // …and learns at once who is here, rather than at their next renewal (up to 15 s).
     for (const id of docs) {
       const entry = open.get(id)!
@@ -486,6 +506,13 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
     }
     const doc = (await store.load(docId)) ?? new Y.Doc()
     const awareness = new awarenessProtocol.Awareness(doc)
+    // A replica is not an editor: no presence of its own until `setAwareness` gives it one (as
+    // y-websocket's server does). Awareness starts every doc with `{}` and renews it on gossip
+    // every 15 s, which at N nodes is N² signed deliveries per document per 15 s, all arriving in
+    // one burst when the documents were opened together: at 50 nodes in one process, seconds of
+    // CPU every 15 s and propagation outliers of 6-27 s. Cleared before anything listens, so
+    // there is no removal to announce either.
+    awareness.setLocalState(null)
     const entry: OpenDoc = {
       id: docId,
       doc,
@@ -894,8 +921,14 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
   /**
    * What a sync taught this node, its gossip neighbours most likely lack too (a healed partition:
    * only nodes with a link across sync, the rest of each side would wait for anti-entropy). So a
-   * small enough repair goes on gossip once; those who have it already apply nothing. Only a
-   * writer relays: others would have the relay refused.
+   * small enough repair goes on gossip once; nodes that have it already neither apply nor pass
+   * it on. Only a writer relays: others would have the relay refused.
+   *
+   * Every node that learns something passes it on, by gossip or by this relay; that is what lets
+   * a node drop what it knew already (validateGossip). Holding relays back when another node's
+   * relay of the same ranges arrived first (Trickle-style suppression) was tried and broke that:
+   * the node that held back and the one that dropped the other's relay as old news can be the
+   * only ways to a third node, which then waited for anti-entropy (a 12 s heal at 50 nodes).
    */
   function relayRepair (entry: OpenDoc, update: Uint8Array): void {
     if (!entry.gossip || pubsub == null || !isWriter(entry.id, self) || update.length > maxRelayBytes) return
@@ -1004,7 +1037,10 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
           // The session covers both directions, so one side starting it is enough.
           if (self.toString() < peer.toString()) requestSync(peer, 'all')
         },
-        onDisconnect: (peer) => { peers.delete(peer.toString()) }
+        onDisconnect: (peer) => {
+          peers.delete(peer.toString())
+          subscriptionsSeen.delete(peer.toString())
+        }
       })
       pubsub?.addEventListener('message', onGossip)
       pubsub?.addEventListener('subscription-change', onSubscriptionChange)
@@ -1033,6 +1069,7 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
       await libp2p.unhandle(protocol).catch(() => {})
       await roundRunning
       peers.clear()
+      subscriptionsSeen.clear()
     }
   }
 }
@@ -1088,12 +1125,6 @@ function concat (...parts: Uint8Array[]): Uint8Array {
     at += p.length
   }
   return out
-}
-
-function equalBytes (a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false
-  return true
 }
 
 function shuffle<T> (items: T[]): T[] {

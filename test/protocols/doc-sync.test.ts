@@ -125,6 +125,31 @@ describe('document sync', () => {
       [b, c].every(n => (n.sync.awareness('shared').getStates().get(aClient) as any)?.user === 'alice'))
   })
 
+  it('a replica shows no presence of its own, and passes on over gossip only what was news to it', async () => {
+    // A document only B holds, so what B is handed here stays out of the others' replicas.
+    const doc = await b.sync.open('solo')
+    assert.equal(b.sync.awareness('solo').getLocalState(), null, 'a replica is not an editor')
+    const topic = b.sync.topic('solo')
+    const validate = b.libp2p.services.pubsub!.topicValidators.get(topic)!
+    const gossip = (update: Uint8Array): any => {
+      const e = encoding.createEncoder()
+      encoding.writeVarUint(e, 0)
+      encoding.writeVarUint(e, 2)
+      encoding.writeVarUint8Array(e, update)
+      return { type: 'signed', from: a.libp2p.peerId, topic, data: encoding.toUint8Array(e), sequenceNumber: 1n, signature: new Uint8Array(64), key: a.libp2p.peerId.publicKey }
+    }
+    const elsewhere = new Y.Doc()
+    elsewhere.getMap('m').set('news', 1)
+    const update = Y.encodeStateAsUpdate(elsewhere)
+    assert.equal(await validate(a.libp2p.peerId, gossip(update)), 'accept', 'news goes on')
+    assert.equal(doc.getMap('m').get('news'), 1, 'and is applied once validated')
+    assert.equal(await validate(a.libp2p.peerId, gossip(update)), 'ignore', 'old news stops here')
+    elsewhere.getMap('m').delete('news')
+    assert.equal(await validate(a.libp2p.peerId, gossip(Y.encodeStateAsUpdate(elsewhere))), 'accept', 'a deletion is news too')
+    assert.equal(doc.getMap('m').has('news'), false)
+    await b.sync.close('solo')
+  })
+
   it('a node restarted on its store catches up on what it missed', async () => {
     await c.sync.transact('shared', doc => { doc.getMap('m').set('before-stop', 'c') })
     const { dir, privateKey } = c
