@@ -332,8 +332,9 @@ export class MeshNode {
   }
 
   /**
-   * Dials the bootstrap list (start waits for these dials, at most 10 s); filling up to `minPeers`
-   * goes on in the background, so a slow or refusing peer never holds up a node's start.
+   * Dials the bootstrap list (start waits for these dials, at most 10 s, then for the first DHT
+   * self-query, at most 5 s); filling up to `minPeers` goes on in the background, so a slow or
+   * refusing peer never holds up a node's start.
    */
   private async dialBootstrap (): Promise<void> {
     let reached = 0
