@@ -10,6 +10,8 @@
 //   lacks or holds an older seq of), and closes. A node asks each peer it meets, so it learns the
 //   whole registry within a round trip, and a pull between peers in sync moves a summary, not the
 //   registry (at 50 nodes a new connection cost ~125 kB of envelopes to encrypt and decode).
+//   The summary also tells the listener whether the dialer holds anything newer (`onNewer`), so a
+//   caller that pulls back then has a push-pull exchange, as in Serf's anti-entropy.
 //
 // This module only moves bytes: verifying and storing envelopes is the caller's (`receive`).
 import { lpStream } from '@libp2p/utils'
@@ -32,6 +34,8 @@ export interface AnnounceInit {
   maxEntries?: number
   /** A message refused before `receive` saw it (too large, malformed framing, unsigned). */
   onDropped?: (reason: string) => void
+  /** A peer that pulled from us holds an envelope newer than ours, or one we lack. */
+  onNewer?: (peer: PeerId) => void
 }
 
 export interface Announce {
@@ -39,10 +43,17 @@ export interface Announce {
   readonly protocol: string
   start: () => Promise<void>
   stop: () => Promise<void>
-  /** Gossips one envelope; resolves even when no peer listens yet (the pull path covers that). */
-  publish: (bytes: Uint8Array) => Promise<void>
-  /** Asks one peer for every live descriptor it holds; feeds each to `receive`. Returns how many arrived. */
-  pull: (peer: PeerId, options?: { signal?: AbortSignal }) => Promise<{ received: number, accepted: number }>
+  /**
+   * Gossips one envelope; resolves even when no peer listens yet (the pull path covers that), with
+   * how many peers it was sent to (0 also when gossip is off or the publish failed).
+   */
+  publish: (bytes: Uint8Array) => Promise<number>
+  /**
+   * Asks one peer for every live descriptor it holds that we lack; feeds each to `receive`.
+   * Returns how many arrived. With `onlyDiff`, a registry too large for the summary is not pulled
+   * at all (the answer would be the whole registry): for periodic syncs, where gossip is the rule.
+   */
+  pull: (peer: PeerId, options?: { signal?: AbortSignal, onlyDiff?: boolean }) => Promise<{ received: number, accepted: number }>
 }
 
 export function descriptorTopic (network: string): string {
@@ -89,17 +100,28 @@ export function announce (components: { libp2p: Libp2p<{ pubsub?: GossipSub }> }
     return have
   }
 
-  function summary (): Uint8Array {
+  /** What we hold, or undefined when it does not fit in one message. */
+  function summary (): Uint8Array | undefined {
     const bytes = encoder.encode(JSON.stringify((init.have?.() ?? []).slice(0, maxEntries)))
-    return bytes.length <= init.maxBytes ? bytes : encoder.encode('[]')
+    return bytes.length <= init.maxBytes ? bytes : undefined
   }
 
-  async function serve (stream: Stream, _connection: Connection): Promise<void> {
+  async function serve (stream: Stream, connection: Connection): Promise<void> {
     try {
       const signal = AbortSignal.timeout(30_000)
       const lp = lpStream(stream, { maxDataLength: init.maxBytes })
       const have = parseHave((await lp.read({ signal })).subarray())
-      const entries = init.all().filter(e => !((have.get(e.id) ?? -1) >= e.seq)).slice(0, maxEntries).map(e => e.bytes)
+      const all = init.all()
+      const entries = all.filter(e => !((have.get(e.id) ?? -1) >= e.seq)).slice(0, maxEntries).map(e => e.bytes)
+      if (init.onNewer != null && have.size > 0) {
+        const ours = new Map(all.map(e => [e.id, e.seq]))
+        for (const [id, seq] of have) {
+          if (seq > (ours.get(id) ?? -1)) {
+            init.onNewer(connection.remotePeer)
+            break
+          }
+        }
+      }
       // One write, not one per envelope: each write is a muxer frame, and on a slow link (or a
       // latency-injecting transport that delays frames one after another) frames cost round trips.
       await lp.writeV([encoder.encode(String(entries.length)), ...entries], { signal })
@@ -127,17 +149,20 @@ export function announce (components: { libp2p: Libp2p<{ pubsub?: GossipSub }> }
       await libp2p.unhandle(protocol).catch(() => {})
     },
     async publish (bytes) {
-      if (pubsub == null) return
-      await pubsub.publish(topic, bytes).catch(() => {})
+      if (pubsub == null) return 0
+      const result = await pubsub.publish(topic, bytes).catch(() => undefined)
+      return result?.recipients.length ?? 0
     },
     async pull (peer, options = {}) {
+      const have = summary()
+      if (have == null && options.onlyDiff === true) return { received: 0, accepted: 0 }
       const signal = options.signal ?? AbortSignal.timeout(15_000)
       const stream = await libp2p.dialProtocol(peer, protocol, { signal })
       let received = 0
       let accepted = 0
       try {
         const lp = lpStream(stream, { maxDataLength: init.maxBytes })
-        await lp.write(summary(), { signal })
+        await lp.write(have ?? encoder.encode('[]'), { signal })
         const header = new TextDecoder().decode((await lp.read({ signal })).subarray())
         const count = /^\d{1,6}$/.test(header) ? Number(header) : Number.NaN
         if (!(count <= maxEntries)) {

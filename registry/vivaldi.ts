@@ -1,6 +1,6 @@
 // Vivaldi network coordinates (Dabek et al., SIGCOMM 2004) with the adjustments Serf and Consul
 // ship (hashicorp/serf/coordinate): a height term for the access link, an adaptive timestep
-// weighted by the two nodes' error estimates, a floor on the height, a median latency filter and a
+// weighted by the two nodes' error estimates, a floor on the height, a latency filter (median, or a low percentile) and a
 // non-Euclidean adjustment term, plus an optional gravity pull towards the origin so a mesh's
 // coordinates do not drift away forever. Units are milliseconds throughout (Serf uses seconds).
 //
@@ -33,6 +33,13 @@ export interface VivaldiConfig {
   maxRttMs: number
   adjustmentWindow: number
   latencyFilterSize: number
+  /**
+   * Which of a peer's last `latencyFilterSize` samples is used: 0.5 the median (Serf), 0 the
+   * least. Queueing only ever adds delay, so where it is heavy (a loaded host, a busy link) a low
+   * percentile over a longer window keeps a burst of late samples from moving the coordinate
+   * (Ledlie et al., "Network Coordinates in the Wild", NSDI 2007: the moving-percentile filter).
+   */
+  latencyFilterPercentile: number
   /** Only used to pick a direction when two coordinates coincide. Inject a seeded one in tests. */
   random: () => number
 }
@@ -47,6 +54,7 @@ export const DEFAULT_VIVALDI_CONFIG: Readonly<VivaldiConfig> = Object.freeze({
   maxRttMs: 10_000,
   adjustmentWindow: 20,
   latencyFilterSize: 3,
+  latencyFilterPercentile: 0.5,
   random: Math.random
 })
 
@@ -183,7 +191,7 @@ export interface VivaldiEstimator {
   forget (peer: string): void
 }
 
-/** Serf's `coordinate.Client`: median-filters each peer's samples and tracks the adjustment term. */
+/** Serf's `coordinate.Client`: filters each peer's samples (median, or a low percentile) and tracks the adjustment term. */
 export function vivaldiEstimator (init?: Partial<VivaldiConfig> & { coordinate?: Coordinate }): VivaldiEstimator {
   const cfg = configWith(init)
   let local: Coordinate
@@ -206,12 +214,12 @@ export function vivaldiEstimator (init?: Partial<VivaldiConfig> & { coordinate?:
       checkCoordinate(remote, cfg.dimensionality)
       checkRtt(rttMs, cfg)
       const samples = [...(filters.get(peer) ?? []), rttMs].slice(-cfg.latencyFilterSize)
-      const median = [...samples].sort((a, b) => a - b)[Math.floor(samples.length / 2)]
-      let next = update(local, remote, median, cfg)
+      const filtered = [...samples].sort((a, b) => a - b)[Math.min(samples.length - 1, Math.floor(samples.length * cfg.latencyFilterPercentile))]
+      let next = update(local, remote, filtered, cfg)
       if (cfg.adjustmentWindow > 0) {
         // The raw distance, without adjustments, is what the adjustment term corrects.
         const nextAdjustments = [...adjustments]
-        nextAdjustments[adjustmentIndex] = median - rawDistance(next, remote)
+        nextAdjustments[adjustmentIndex] = filtered - rawDistance(next, remote)
         const adjustment = nextAdjustments.reduce((a, b) => a + b, 0) / (2 * cfg.adjustmentWindow)
         next = { ...next, adjustment }
         if (!valid(next)) return structuredClone(local)
