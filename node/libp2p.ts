@@ -1,6 +1,5 @@
 // The libp2p half of a Mesh node: transports, encryption, muxing, and the services every node runs.
 // Kept as a plain options factory so the node, the tests and the benchmarks assemble nodes alike.
-import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { gossipsub } from '@libp2p/gossipsub'
 import { identify, identifyPush } from '@libp2p/identify'
@@ -8,7 +7,7 @@ import { kadDHT, passthroughMapper } from '@libp2p/kad-dht'
 import { ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
 import { END_RECORD_NAMESPACE, endRecordSelector, endRecordValidator } from '../registry/dht-record.ts'
-import { noiseCrypto } from './noise-crypto.ts'
+import { meshNoise } from './noise.ts'
 import type { GossipSub } from '@libp2p/gossipsub'
 import type { Identify, IdentifyPush } from '@libp2p/identify'
 import type { ConnectionGater, PeerId, PrivateKey, ServiceMap, Transport } from '@libp2p/interface'
@@ -136,8 +135,9 @@ export function libp2pOptions (init: Libp2pInit): Libp2pOptions<MeshServices> {
     metrics: init.metrics,
     addresses: { listen: init.listen },
     transports: init.transports ?? [tcp()],
-    // Noise's own crypto, with session keys imported into node:crypto once (noise-crypto.ts).
-    connectionEncrypters: [noise({ crypto: noiseCrypto })],
+    // Noise, with session keys imported into node:crypto once and frame lengths read without a
+    // throw per chunk (noise.ts).
+    connectionEncrypters: [meshNoise()],
     streamMuxers: [yamux()],
     // libp2p pings every connection of a node at the same instant every 10 s and aborts any
     // connection whose ping misses an adaptive timeout. A node with 20 peers pays little for that,

@@ -204,12 +204,9 @@ async function bringUp (slot: SimNodeSlot, peers: SimNodeSlot[]): Promise<void> 
   await cluster.start(slot, sample(candidates, 3).map(p => p.address))
   if (HAS_DOCS && slot.node != null) {
     const docs = documentsOf(slot.node)
+    // Replicas, not editors: they carry no presence of their own (doc-sync sets none by default).
     await Promise.all(DOC_IDS.map(async (id) => {
       await docs.open(id, { signal: AbortSignal.timeout(5_000) })
-      // Simulated nodes are servers, not editors: no presence. An open document otherwise renews
-      // this node's awareness state over gossip every 15 s and re-announces it whenever a peer
-      // subscribes, which at N nodes x D documents is N^2 x D signed messages to verify.
-      docs.sync.setAwareness(id, null)
     }).map(async p => p.catch(() => {})))
   }
 }

@@ -8,6 +8,7 @@ import { join } from 'node:path'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { ConnectionFailedError } from '@libp2p/interface'
 import { memory } from '@libp2p/memory'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { descriptorsFeature } from '../../node/descriptors.ts'
 import { documents } from '../../node/documents.ts'
 import { MeshNode } from '../../node/mesh-node.ts'
@@ -33,6 +34,8 @@ export interface SimNodeSlot {
   /** Bumped on every start and stop, so an operation can tell its node or target changed under it. */
   incarnation: number
   starting: boolean
+  /** Its node is stopping: it cannot start again until its memory address is free. */
+  stopping: boolean
   /** Times this slot was started (1 = first start). */
   starts: number
 }
@@ -79,22 +82,23 @@ export class Cluster {
   }
 
   down (): SimNodeSlot[] {
-    return this.slots.filter(s => s.node == null && !s.starting)
+    return this.slots.filter(s => s.node == null && !s.starting && !s.stopping)
   }
 
   async addSlot (latencyMs: number, region: string): Promise<SimNodeSlot> {
+    const key = await generateKeyPair('Ed25519')
+    // The index is taken after the last await: two slots added at once must not share it (nor
+    // its name, memory address and repo).
     const index = this.slots.length
     const name = `${this.init.runId}-${index}`
-    const key = await generateKeyPair('Ed25519')
-    const { peerIdFromPrivateKey } = await import('@libp2p/peer-id')
     const repoPath = join(this.init.dir, String(index))
-    await mkdir(repoPath, { recursive: true })
     const slot: SimNodeSlot = {
       index, name, address: `/memory/${name}`, key, peerId: peerIdFromPrivateKey(key).toString(),
-      latencyMs, region, repoPath, incarnation: 0, starting: false, starts: 0
+      latencyMs, region, repoPath, incarnation: 0, starting: false, stopping: false, starts: 0
     }
     this.slots.push(slot)
     this.byAddress.set(slot.address, slot)
+    await mkdir(repoPath, { recursive: true })
     return slot
   }
 
@@ -156,7 +160,7 @@ export class Cluster {
 
   /** Starts (or restarts) a slot, bootstrapping from the given addresses. */
   async start (slot: SimNodeSlot, bootstrap: string[]): Promise<void> {
-    if (slot.node != null || slot.starting) throw new Error(`${slot.name} is already running`)
+    if (slot.node != null || slot.starting || slot.stopping) throw new Error(`${slot.name} is already running`)
     slot.starting = true
     slot.incarnation++
     try {
@@ -193,7 +197,12 @@ export class Cluster {
     slot.upSince = undefined
     slot.incarnation++
     slot.node = undefined
-    await node.stop()
+    slot.stopping = true
+    try {
+      await node.stop()
+    } finally {
+      slot.stopping = false
+    }
   }
 
   /** Splits the mesh: `sideOf` gives each slot its side; cross connections are hung up. */
