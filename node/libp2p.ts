@@ -1,6 +1,5 @@
 // The libp2p half of a Mesh node: transports, encryption, muxing, and the services every node runs.
 // Kept as a plain options factory so the node, the tests and the benchmarks assemble nodes alike.
-import { yamux } from '@chainsafe/libp2p-yamux'
 import { gossipsub } from '@libp2p/gossipsub'
 import { identify, identifyPush } from '@libp2p/identify'
 import { kadDHT, passthroughMapper } from '@libp2p/kad-dht'
@@ -8,6 +7,7 @@ import { ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
 import { END_RECORD_NAMESPACE, endRecordSelector, endRecordValidator } from '../registry/dht-record.ts'
 import { meshNoise } from './noise.ts'
+import { meshYamux } from './yamux.ts'
 import type { GossipSub } from '@libp2p/gossipsub'
 import type { Identify, IdentifyPush } from '@libp2p/identify'
 import type { ConnectionGater, PeerId, PrivateKey, ServiceMap, Transport } from '@libp2p/interface'
@@ -138,7 +138,8 @@ export function libp2pOptions (init: Libp2pInit): Libp2pOptions<MeshServices> {
     // Noise, with session keys imported into node:crypto once and frame lengths read without a
     // throw per chunk (noise.ts).
     connectionEncrypters: [meshNoise()],
-    streamMuxers: [yamux()],
+    // Yamux, with window updates at half the window instead of after every frame (yamux.ts).
+    streamMuxers: [meshYamux()],
     // libp2p pings every connection of a node at the same instant every 10 s and aborts any
     // connection whose ping misses an adaptive timeout. A node with 20 peers pays little for that,
     // but a busy node (or a simulation of 100 nodes on one core) gets bursts of hundreds of pings a
