@@ -910,6 +910,10 @@ export const descriptorsFeature: FeatureFactory = (node, init) => {
     }
     if (chosen.length >= count) return { ok: true, chosen, exclusions: first.exclusions }
     await Promise.all(chosen.map(async p => release(p.did, p.lease.id).catch(() => false)))
+    // Out of time is not a refusal: say so (the HTTP API answers 504), rather than "N nodes met
+    // every constraint but 0 granted a lease ()", which is what a 100-node simulation's timed-out
+    // allocations used to report.
+    if (req.signal?.aborted === true) throw req.signal.reason ?? new Error('allocation aborted')
     const why = refusals.map(r => `${r.did} ${r.reason}`).join(', ')
     return {
       ok: false,

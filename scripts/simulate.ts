@@ -299,7 +299,7 @@ async function allocate (): Promise<void> {
     }
   } catch (err: any) {
     outcome = 'failed'
-    reason = err.message
+    reason = err.name === 'TimeoutError' || err.name === 'AbortError' ? 'timeout' : err.message
   }
   const ms = performance.now() - started
   const disturbed = before[0] !== from.incarnation || before[1] !== cluster.partitionEpoch

@@ -248,6 +248,9 @@ describe('allocation over links of different latency (in-process nodes on @libp2
     assert.equal(one.chosen[0].did, near.did, 'nearest eligible node')
     assert.equal(one.chosen[0].latencySource, 'measured')
 
+    // Out of time before any lease: the caller's abort, not a "no node granted a lease" answer.
+    await assert.rejects(registry.allocate({ constraints: parseConstraints('region = eu-west'), signal: AbortSignal.abort(new Error('out of time')) }), /out of time/)
+
     const two = await registry.allocate({ constraints: parseConstraints('region = eu-west'), count: 2 })
     assert.ok(two.ok)
     assert.deepEqual(two.chosen.map(c => c.did), [near.did, mid.did], JSON.stringify([far, near, mid].map(n => registry.latency(n.did))))
