@@ -10,11 +10,11 @@
 // its validity period is checked against `now` on every call. Other issuers (did:web, anything a
 // caller's resolver adds) go through did-jwt-vc each time, since their documents can change.
 // Revocation is never cached here: callers (identity/network.ts checkMembership) check it each time.
-import { createPublicKey, randomUUID, verify as verifySignature } from 'node:crypto'
+import { randomUUID, verify as verifySignature } from 'node:crypto'
 import { createVerifiableCredentialJwt, verifyCredential as verifyVcJwt } from 'did-jwt-vc'
 import { JWT_ERROR } from 'did-jwt'
 import { base64url } from 'multiformats/bases/base64'
-import { assertEd25519Point, didKeyFromEd25519, ed25519FromDidKey, InvalidDidError } from './did-key.ts'
+import { assertEd25519Point, didKeyFromEd25519, ed25519FromDidKey, ed25519KeyObject, InvalidDidError } from './did-key.ts'
 import { didResolver } from './resolver.ts'
 import { BoundedCache } from './verification-cache.ts'
 import type { KeyObject } from 'node:crypto'
@@ -286,7 +286,7 @@ function selfCertifyingKey (issuer: string): KeyObject | null | undefined {
   } else {
     return undefined
   }
-  const key = createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: Buffer.from(raw).toString('base64url') }, format: 'jwk' })
+  const key = ed25519KeyObject(raw)
   issuerKeys.set(issuer, key)
   return key
 }

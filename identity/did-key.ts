@@ -1,9 +1,11 @@
 // did:key for Ed25519 keys, and the mapping between a node's DID and its libp2p peer ID.
 // A did:key is `did:key:z` + base58btc(multicodec ed25519-pub (0xed 0x01) ‖ 32-byte public key).
+import { createPublicKey } from 'node:crypto'
 import { publicKeyFromRaw } from '@libp2p/crypto/keys'
 import { peerIdFromPublicKey, peerIdFromString } from '@libp2p/peer-id'
 import { base58btc } from 'multiformats/bases/base58'
 import type { PeerId } from '@libp2p/interface'
+import type { KeyObject } from 'node:crypto'
 
 const ED25519_PUB = Uint8Array.of(0xed, 0x01)
 
@@ -120,6 +122,15 @@ export function x25519FromEd25519 (publicKey: Uint8Array, label = 'key'): Uint8A
   const out = new Uint8Array(32)
   for (let i = 0; i < 32; i++, u >>= 8n) out[i] = Number(u & 0xffn)
   return out
+}
+
+/**
+ * A raw Ed25519 public key as a node:crypto key object, for `crypto.verify`. Callers that verify
+ * the same keys again and again keep these: building one is most of what @libp2p/crypto's
+ * verify costs, and it builds one per call.
+ */
+export function ed25519KeyObject (publicKey: Uint8Array): KeyObject {
+  return createPublicKey({ format: 'jwk', key: { kty: 'OKP', crv: 'Ed25519', x: Buffer.from(publicKey).toString('base64url') } })
 }
 
 /** Throws InvalidDidError unless the bytes are an Ed25519 point a did:key may name (as the spec requires). */

@@ -874,25 +874,26 @@ export const descriptorsFeature: FeatureFactory = (node, init) => {
       // list() has already dropped expired descriptors, so no 'not expired' stage clutters the explanation.
       trust: trustOf
     }
-    let first = choose(all, req.constraints, { ...options, count })
-    if (!first.ok) {
-      return { ok: false, status: 422, explanation: first.explanation, exclusions: first.exclusions, candidates: first.candidates.map(placementOf) }
+    // Whether enough nodes meet every constraint (with the explanation if not), and every node
+    // that does, nearest first.
+    const rank = (): { first: ReturnType<typeof choose>, ranked: Choice[] } => {
+      const full = choose(all, req.constraints, { ...options, count: Math.max(all.length, 1) })
+      return { first: choose(all, req.constraints, { ...options, count }), ranked: full.ok ? full.chosen : full.candidates }
     }
-    let full = choose(all, req.constraints, { ...options, count: Math.max(all.length, 1) })
-    let ranked = full.ok ? full.chosen : full.candidates
+    let { first, ranked } = rank()
     // An estimate is good to tens of percent, which on short links is a few ms: as much as the
     // gap between candidates in one region. So the estimated candidates that could be nearer than
     // the count-th best are measured first, and the choice is made on what was measured.
-    const close = closeEstimated(ranked, count).slice(0, Math.max(0, req.measure ?? MEASURE_CANDIDATES))
+    const close = first.ok ? closeEstimated(ranked, count).slice(0, Math.max(0, req.measure ?? MEASURE_CANDIDATES)) : []
     if (close.length > 0) {
       const signal = req.signal == null ? AbortSignal.timeout(MEASURE_TIMEOUT_MS) : AbortSignal.any([req.signal, AbortSignal.timeout(MEASURE_TIMEOUT_MS)])
       await Promise.all(close.map(async c => { await measureNow(c.descriptor, signal) }))
-      first = choose(all, req.constraints, { ...options, count })
-      if (!first.ok) {
-        return { ok: false, status: 422, explanation: first.explanation, exclusions: first.exclusions, candidates: first.candidates.map(placementOf) }
-      }
-      full = choose(all, req.constraints, { ...options, count: Math.max(all.length, 1) })
-      ranked = full.ok ? full.chosen : full.candidates
+      const remeasured = rank()
+      first = remeasured.first
+      ranked = remeasured.ranked
+    }
+    if (!first.ok) {
+      return { ok: false, status: 422, explanation: first.explanation, exclusions: first.exclusions, candidates: first.candidates.map(placementOf) }
     }
     const chosen: Placement[] = []
     const refusals: Array<{ did: string, reason: string }> = []

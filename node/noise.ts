@@ -5,10 +5,11 @@
 // bytes are buffered, and its length-prefixed reader catches that to stop. A chunk that ends on a
 // frame boundary (nearly every chunk: each message is its own frame) so costs one Error with its
 // stack trace, and reading a length out of a chunk list copies it through a DataView. Profiled in a
-// 100-node simulation, that decoder was the most expensive function in the process (5% of all CPU;
-// 9.5% of a stream echoing 200-byte messages between two nodes). The reader also stops on a length whose frame is not all there
-// yet, so answering 0 for "fewer than 2 bytes" (a frame of 2 bytes needs more than are buffered)
-// stops it the same way without an Error. The wire format and every check are unchanged.
+// 100-node simulation, that decoder was the most expensive function in the process (5% of all
+// CPU; 9.5% of a stream echoing 200-byte messages between two nodes). The reader also stops on a
+// length whose frame is not all there yet, so answering 0 for "fewer than 2 bytes" (a frame of 2
+// bytes needs more than are buffered) stops it the same way without an Error. The wire format and
+// every check are unchanged.
 import { noise } from '@chainsafe/libp2p-noise'
 import { noiseCrypto } from './noise-crypto.ts'
 import type { ConnectionEncrypter } from '@libp2p/interface'

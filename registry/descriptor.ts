@@ -7,13 +7,13 @@
 // covers SIGNING_DOMAIN ‖ dag-cbor(descriptor). dag-cbor's encoding is canonical (sorted keys,
 // minimal ints, strict decode), so a verifier re-encodes the decoded descriptor and gets back the
 // exact signed bytes; the domain prefix keeps an END signature from being valid for anything else.
-import { createPublicKey, verify as cryptoVerify } from 'node:crypto'
+import { verify as cryptoVerify } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import * as os from 'node:os'
 import * as dagCbor from '@ipld/dag-cbor'
 import { Ajv } from 'ajv'
 import addFormatsModule from 'ajv-formats'
-import { didKeyFromEd25519, ed25519FromDidKey, InvalidDidError, peerIdFromDid } from '../identity/did-key.ts'
+import { didKeyFromEd25519, ed25519FromDidKey, ed25519KeyObject, InvalidDidError, peerIdFromDid } from '../identity/did-key.ts'
 import { createCoordinate } from './vivaldi.ts'
 import type { PrivateKey } from '@libp2p/interface'
 import type { KeyObject } from 'node:crypto'
@@ -136,7 +136,7 @@ function verifyEd25519 (raw: Uint8Array, data: Uint8Array, signature: Uint8Array
   const id = Buffer.from(raw).toString('base64url')
   let key = keyObjects.get(id)
   if (key === undefined) {
-    key = createPublicKey({ format: 'jwk', key: { kty: 'OKP', crv: 'Ed25519', x: id } })
+    key = ed25519KeyObject(raw)
     if (keyObjects.size >= MAX_KEY_OBJECTS) keyObjects.delete(keyObjects.keys().next().value!)
     keyObjects.set(id, key)
   }

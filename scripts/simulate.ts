@@ -205,9 +205,7 @@ async function bringUp (slot: SimNodeSlot, peers: SimNodeSlot[]): Promise<void> 
   if (HAS_DOCS && slot.node != null) {
     const docs = documentsOf(slot.node)
     // Replicas, not editors: they carry no presence of their own (doc-sync sets none by default).
-    await Promise.all(DOC_IDS.map(async (id) => {
-      await docs.open(id, { signal: AbortSignal.timeout(5_000) })
-    }).map(async p => p.catch(() => {})))
+    await Promise.all(DOC_IDS.map(async id => docs.open(id, { signal: AbortSignal.timeout(5_000) }).catch(() => {})))
   }
 }
 
@@ -258,6 +256,11 @@ function sameSidePair (): [SimNodeSlot, SimNodeSlot] | undefined {
   return [from, pick(targets)]
 }
 
+/** How a failed operation is counted: a timeout, or its message. */
+function failureReason (err: any): string {
+  return err?.name === 'TimeoutError' || err?.name === 'AbortError' ? 'timeout' : String(err?.message ?? err)
+}
+
 async function lookup (): Promise<void> {
   const pair = sameSidePair()
   if (pair == null) return
@@ -270,7 +273,7 @@ async function lookup (): Promise<void> {
     await from.node!.findPeer(peerIdFromString(to.peerId), { signal: AbortSignal.timeout(OP_TIMEOUT_MS) })
   } catch (err: any) {
     outcome = 'failed'
-    reason = err.name === 'TimeoutError' || err.name === 'AbortError' ? 'timeout' : err.message.replace(/\(\d+ peers asked\)/, '(n peers asked)')
+    reason = failureReason(err).replace(/\(\d+ peers asked\)/, '(n peers asked)')
   }
   const ms = performance.now() - started
   const disturbed = before[0] !== from.incarnation || before[1] !== to.incarnation || before[2] !== cluster.partitionEpoch
@@ -299,7 +302,7 @@ async function allocate (): Promise<void> {
     }
   } catch (err: any) {
     outcome = 'failed'
-    reason = err.name === 'TimeoutError' || err.name === 'AbortError' ? 'timeout' : err.message
+    reason = failureReason(err)
   }
   const ms = performance.now() - started
   const disturbed = before[0] !== from.incarnation || before[1] !== cluster.partitionEpoch
