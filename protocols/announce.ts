@@ -15,6 +15,7 @@
 //
 // This module only moves bytes: verifying and storing envelopes is the caller's (`receive`).
 import { lpStream } from '@libp2p/utils'
+import { tooLarge } from './too-large.ts'
 import type { GossipSub } from '@libp2p/gossipsub'
 import type { Connection, Libp2p, PeerId, Stream } from '@libp2p/interface'
 
@@ -174,7 +175,7 @@ export function announce (components: { libp2p: Libp2p<{ pubsub?: GossipSub }> }
           try {
             bytes = (await lp.read({ signal })).subarray()
           } catch (err: any) {
-            if (err?.name === 'InvalidDataLengthError') init.onDropped?.('too-large')
+            if (tooLarge(err)) init.onDropped?.('too-large')
             throw err
           }
           received++

@@ -16,6 +16,7 @@
 import * as dagCbor from '@ipld/dag-cbor'
 import { lpStream } from '@libp2p/utils'
 import { CID } from 'multiformats/cid'
+import { tooLarge } from './too-large.ts'
 import type { Connection, Libp2p, PeerId, Stream } from '@libp2p/interface'
 
 export const MAX_STDIN_BYTES = 1024 * 1024
@@ -140,7 +141,7 @@ export function invokeProtocol (components: { libp2p: Libp2p }, init: InvokeProt
           request = validateRequest(dagCbor.decode(bytes))
         } catch (err: any) {
           if (err instanceof InvokeError) return await refuse(err.message)
-          if (err?.name === 'InvalidDataLengthError') return await refuse(`invocation is over ${MAX_REQUEST_BYTES} bytes`)
+          if (tooLarge(err)) return await refuse(`invocation is over ${MAX_REQUEST_BYTES} bytes`)
           // After a call, the caller closing (or idling out) is the normal end of the stream.
           if (!first && (err?.name === 'UnexpectedEOFError' || err?.name === 'TimeoutError')) {
             return await stream.close({ signal: AbortSignal.timeout(10_000) })

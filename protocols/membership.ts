@@ -11,6 +11,7 @@
 // given on connect, and a node that has nothing to present and is admitted by its key sends nothing.
 // Neither side waits for the other: each presents on its own stream as soon as the peer connects.
 import { lpStream } from '@libp2p/utils'
+import { tooLarge } from './too-large.ts'
 import type { Connection, Libp2p, PeerId, Stream } from '@libp2p/interface'
 
 export type Verdict =
@@ -108,7 +109,7 @@ export function membership (components: { libp2p: Libp2p }, init: MembershipInit
     try {
       bytes = (await lp.read({ signal: AbortSignal.timeout(timeoutMs) })).subarray()
     } catch (err: any) {
-      if (err?.name === 'InvalidDataLengthError') {
+      if (tooLarge(err)) {
         e.settle({ ok: false, reason: 'too-large' })
       }
       // Otherwise the peer hung up or went quiet mid-handshake: no verdict on that (a peer we

@@ -17,6 +17,7 @@
 //
 // This module only measures: coordinates are checked and used by the caller (`onSample`).
 import { lpStream } from '@libp2p/utils'
+import { tooLarge } from './too-large.ts'
 import type { Coordinate } from '../registry/vivaldi.ts'
 import type { Connection, Libp2p, PeerId, Stream } from '@libp2p/interface'
 
@@ -83,7 +84,7 @@ export function probeService (components: { libp2p: Libp2p }, init: ProbeInit): 
         try {
           first = await lp.read()
         } catch (err: any) {
-          if (err?.name === 'InvalidDataLengthError') throw err
+          if (tooLarge(err)) throw err
           break // the prober hung up
         }
         let theirs: unknown
@@ -101,7 +102,7 @@ export function probeService (components: { libp2p: Libp2p }, init: ProbeInit): 
       }
       await stream.close().catch(() => {})
     } catch (err: any) {
-      if (err?.name === 'InvalidDataLengthError') init.onDropped?.('probe-too-large')
+      if (tooLarge(err)) init.onDropped?.('probe-too-large')
       stream.abort(err)
     }
   }

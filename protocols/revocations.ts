@@ -5,6 +5,7 @@
 //
 // Wire: `<prefix>/revocations/1.0.0`, the sender writes one length-prefixed JSON array of tokens.
 import { lpStream } from '@libp2p/utils'
+import { tooLarge } from './too-large.ts'
 import type { Connection, Libp2p, PeerId, Stream } from '@libp2p/interface'
 
 export interface RevocationSyncInit {
@@ -43,7 +44,7 @@ export function revocationSync (components: { libp2p: Libp2p }, init: Revocation
       await stream.close()
     } catch (err: any) {
       stream.abort(new Error('bad revocation message'))
-      init.onDropped?.(from, err?.name === 'InvalidDataLengthError' ? 'too-large' : 'malformed')
+      init.onDropped?.(from, tooLarge(err) ? 'too-large' : 'malformed')
       return
     }
     if (!Array.isArray(tokens)) {

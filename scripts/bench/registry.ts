@@ -17,7 +17,7 @@
 // measure the simulator.
 //
 //   node scripts/bench/registry.ts [--sizes 50,100] [--seed 1] [--settle 150] [--joins 3]
-//                                  [--allocs 2] [--ping 1000] [--pings-per-tick 1]
+//                                  [--allocs 3] [--ping 1000] [--pings-per-tick 1]
 //
 // Latency model: node i sits at a point p_i of a plane (8 regions, 10-70 ms apart, nodes spread
 // a few ms around their region's centre) behind an access link of h_i ms; the RTT between i and j
@@ -109,6 +109,25 @@ function watchLoad (): () => PhaseLoad {
 /** How late (µs) injected deliveries fired, against when the model said they should; one per phase. */
 let lateness = createHistogram()
 
+interface AllocFigures { allocations: number, failures: number, p50Ms: number, p99Ms: number, rtts: number, dialledPct: number, nearestPct: number }
+
+/** One allocation as the bench saw it. */
+interface AllocRecord { round: number, ms: number, ok: boolean, dialled: boolean, rtts: number, nearest: boolean, within: boolean }
+
+function figures (records: AllocRecord[]): AllocFigures {
+  const ok = records.filter(r => r.ok)
+  const pct = (n: number): number => round(n / Math.max(ok.length, 1) * 100, 1)
+  return {
+    allocations: records.length,
+    failures: records.length - ok.length,
+    p50Ms: round(percentile(records.map(r => r.ms), 0.5)),
+    p99Ms: round(percentile(records.map(r => r.ms), 0.99)),
+    rtts: round(median(ok.map(r => r.rtts)), 1),
+    dialledPct: pct(ok.filter(r => r.dialled).length),
+    nearestPct: pct(ok.filter(r => r.nearest).length)
+  }
+}
+
 interface Result {
   nodes: number
   formationS: number
@@ -132,6 +151,15 @@ interface Result {
   nearestPct: number
   /** Chosen node within 10% (or 1 ms) of the truly nearest eligible one. */
   nearWithin10Pct: number
+  /**
+   * The same figures for each node's first allocation of the workload (cold: its candidates may be
+   * unconnected and only estimated) and for the ones after (the node keeps its last workloads'
+   * nearest candidates warm), besides the figures over all of them above.
+   */
+  byRound: { first: AllocFigures, repeat: AllocFigures }
+  /** The floor: injected RTT from each querier to its truly nearest eligible node, p50/p99. */
+  floorP50Ms: number
+  floorP99Ms: number
   estimatePairs: number
   estimateErrMedianPct: number
   estimateErrP90Pct: number
@@ -350,18 +378,16 @@ async function child (size: number, seed: number, settleS: number, joins: number
 
   // Allocations for `accelerator = gpu` from every node that has none, each released afterwards.
   const constraints = parseConstraints('accelerator = gpu')
-  const allocMs: number[] = []
   const decisionMs: number[] = []
-  const allocRtts: number[] = []
-  let dialled = 0
-  let failures = 0
+  const records: AllocRecord[] = []
+  const floor: number[] = []
   load = watchLoad()
-  let nearest = 0
-  let within = 0
   for (let round_ = 0; round_ < allocsPerQuerier; round_++) {
     for (let q = 0; q < nodes.length; q++) {
       if (gpu.has(q)) continue
       const reg = descriptorsOf(nodes[q])
+      const best = Math.min(...[...gpu].map(g => rtt(q, g)))
+      if (round_ === 0) floor.push(best)
       // The decision alone, ranked as allocate() ranks (measured RTT, else estimate).
       const decided = performance.now()
       const lat = (did: string, source: 'measured' | 'estimated'): number | undefined => {
@@ -374,18 +400,20 @@ async function child (size: number, seed: number, settleS: number, joins: number
       const started = performance.now()
       const out = await reg.allocate({ constraints, ttlMs: 30_000 })
       const took = performance.now() - started
-      allocMs.push(took)
       if (!out.ok) {
-        failures++
+        records.push({ round: round_, ms: took, ok: false, dialled: false, rtts: Number.NaN, nearest: false, within: false })
         continue
       }
       const chosen = nodes.findIndex(n => n.did === out.chosen[0].did)
-      if (!connectedBefore.has(out.chosen[0].peerId)) dialled++
-      allocRtts.push(took / rtt(q, chosen))
-      if (process.env.BENCH_VERBOSE === '2') phase(`alloc from ${q}: ${round(took, 0)} ms to ${chosen} (rtt ${round(rtt(q, chosen), 1)} ms, ${connectedBefore.has(out.chosen[0].peerId) ? 'connected' : 'dialled'})`, t0)
-      const best = Math.min(...[...gpu].map(g => rtt(q, g)))
-      if (rtt(q, chosen) <= best + 1e-9) nearest++
-      if (rtt(q, chosen) <= Math.max(best * 1.1, best + 1)) within++
+      const dialled = !connectedBefore.has(out.chosen[0].peerId)
+      records.push({ round: round_, ms: took, ok: true, dialled, rtts: took / rtt(q, chosen), nearest: rtt(q, chosen) <= best + 1e-9, within: rtt(q, chosen) <= Math.max(best * 1.1, best + 1) })
+      if (process.env.BENCH_VERBOSE === '2') {
+        // On a miss, what the querier saw of each eligible node: index:its latency (source) / injected RTT.
+        const seen = rtt(q, chosen) <= best + 1e-9
+          ? ''
+          : '; saw ' + [...gpu].map(g => { const l = reg.latency(nodes[g].did); return `${g}:${l.ms == null ? '?' : round(l.ms, 1)}(${l.source[0]})/${round(rtt(q, g), 1)}` }).join(' ')
+        phase(`alloc from ${q}: ${round(took, 0)} ms to ${chosen} (rtt ${round(rtt(q, chosen), 1)} ms, ${dialled ? 'dialled' : 'connected'})${seen}`, t0)
+      }
       await reg.release(out.chosen[0].did, out.chosen[0].lease.id).catch(() => {})
     }
   }
@@ -405,7 +433,8 @@ async function child (size: number, seed: number, settleS: number, joins: number
   const injected: number[] = []
   for (let a = 0; a < nodes.length; a++) for (let b = a + 1; b < nodes.length; b++) injected.push(rtt(a, b))
   await Promise.all(nodes.map(async n => n.stop().catch(() => {})))
-  const allocations = allocMs.length
+  const all = figures(records)
+  const ok = records.filter(r => r.ok)
   return {
     nodes: size,
     formationS,
@@ -413,16 +442,19 @@ async function child (size: number, seed: number, settleS: number, joins: number
     joinMs: joinMs.map(x => round(x, 0)),
     joinMedianMs: finiteOrNull(round(median(joinMs), 0)),
     joinMaxMs: finiteOrNull(round(Math.max(...joinMs), 0)),
-    allocations,
-    allocFailures: failures,
-    allocP50Ms: round(percentile(allocMs, 0.5)),
-    allocP99Ms: round(percentile(allocMs, 0.99)),
+    allocations: all.allocations,
+    allocFailures: all.failures,
+    allocP50Ms: all.p50Ms,
+    allocP99Ms: all.p99Ms,
     decisionP50Ms: round(percentile(decisionMs, 0.5), 2),
     decisionP99Ms: round(percentile(decisionMs, 0.99), 2),
-    allocRttsMedian: round(median(allocRtts), 1),
-    allocDialPct: round(dialled / Math.max(allocations - failures, 1) * 100, 0),
-    nearestPct: round(nearest / Math.max(allocations - failures, 1) * 100),
-    nearWithin10Pct: round(within / Math.max(allocations - failures, 1) * 100),
+    allocRttsMedian: all.rtts,
+    allocDialPct: round(all.dialledPct, 0),
+    nearestPct: all.nearestPct,
+    nearWithin10Pct: round(ok.filter(r => r.within).length / Math.max(ok.length, 1) * 100),
+    byRound: { first: figures(records.filter(r => r.round === 0)), repeat: figures(records.filter(r => r.round > 0)) },
+    floorP50Ms: round(median(floor), 1),
+    floorP99Ms: round(percentile(floor, 0.99), 1),
     estimatePairs: estErr.length,
     estimateErrMedianPct: round(median(estErr) * 100),
     estimateErrP90Pct: round(percentile(estErr, 0.9) * 100),
@@ -457,7 +489,8 @@ async function main (): Promise<void> {
       // estimate error 33% 15 s after formation, 18% after 75 s, 13% after 135 s), as Serf's do.
       settle: { type: 'string', default: '150' },
       joins: { type: 'string', default: '3' },
-      allocs: { type: 'string', default: '2' },
+      // The first allocation of a workload is cold (see byRound); two more show the steady state.
+      allocs: { type: 'string', default: '3' },
       ping: { type: 'string', default: '1000' },
       'pings-per-tick': { type: 'string', default: '1' },
       child: { type: 'string' }
@@ -500,11 +533,19 @@ async function main (): Promise<void> {
       `${r.load.settle.gcPct}/${r.load.settle.gcMaxMs}`, r.load.allocations.cpuPct, `${r.load.allocations.lagP50Ms}/${r.load.allocations.lagP99Ms}`, `${r.load.allocations.injectLateP50Ms}/${r.load.allocations.injectLateP99Ms}`,
       r.load.formation.cpuPct, r.pingsPerNodePerS, r.pingFailPct, r.injectedRttMedianMs])
   ))
+  console.log(table(
+    ['nodes', 'allocations', 'alloc p50 ms', 'alloc p99 ms', 'alloc/RTT', 'dialled %', 'nearest %', 'fail', 'floor p50/p99 ms'],
+    results.flatMap(r => (['first', 'repeat'] as const).map(k => {
+      const f = r.byRound[k]
+      return [r.nodes, k === 'first' ? 'first of the workload' : 'repeats', f.p50Ms, f.p99Ms, f.rtts, f.dialledPct, f.nearestPct, `${f.failures}/${f.allocations}`, `${r.floorP50Ms}/${r.floorP99Ms}`]
+    }))
+  ))
+  console.log('(floor: the injected RTT from each querier to its truly nearest eligible node; an allocation is at least one round trip to the node it leases on)')
   const targets = results.map(r => ({
     nodes: r.nodes,
     join: `${r.joinMaxMs ?? 'timeout'} ms vs < ${TARGETS.joinMs} ms: ${mark(r.joinMaxMs != null && r.joinMaxMs < TARGETS.joinMs)}`,
-    allocP99: `${r.allocP99Ms} ms vs < ${TARGETS.allocP99Ms} ms: ${mark(r.allocP99Ms < TARGETS.allocP99Ms)}`,
-    nearest: `${r.nearestPct}% vs >= ${TARGETS.nearestPct}%: ${mark(r.nearestPct >= TARGETS.nearestPct)}`,
+    allocP99: `${r.allocP99Ms} ms (first ${r.byRound.first.p99Ms}, repeats ${r.byRound.repeat.p99Ms}) vs < ${TARGETS.allocP99Ms} ms: ${mark(r.allocP99Ms < TARGETS.allocP99Ms)}`,
+    nearest: `${r.nearestPct}% (first ${r.byRound.first.nearestPct}, repeats ${r.byRound.repeat.nearestPct}) vs >= ${TARGETS.nearestPct}%: ${mark(r.nearestPct >= TARGETS.nearestPct)}`,
     estimate: `${r.estimateErrMedianPct}% vs < ${TARGETS.estimateErrPct}%: ${mark(r.estimateErrMedianPct < TARGETS.estimateErrPct)}`
   }))
   console.log(table(['nodes', 'join (max) < 5 s', 'alloc p99 < 50 ms', 'nearest >= 95%', 'est err < 15%'],
