@@ -132,18 +132,26 @@ export function leaseService (components: { libp2p: Libp2p }, init: LeaseService
   }
 
   const sessions = new Map<string, Session>()
+  /** Streams being opened, so that requests arriving meanwhile share the one stream. */
+  const opening = new Map<string, Promise<Session>>()
 
   async function session (peer: PeerId, signal: AbortSignal): Promise<Session> {
     const key = peer.toString()
     const open = sessions.get(key)
     if (open != null && open.stream.status === 'open' && open.stream.writeStatus === 'writable' && open.stream.remoteWriteStatus === 'writable') return open
     sessions.delete(key)
-    const stream = await libp2p.dialProtocol(peer, protocol, { signal })
-    const s: Session = { stream, lp: lpStream(stream, { maxDataLength: MAX_MESSAGE_BYTES }), tail: Promise.resolve() }
-    // Two requests racing to open the first stream: the later one keeps its own, unshared.
-    if (!sessions.has(key)) sessions.set(key, s)
-    stream.addEventListener('close', () => { if (sessions.get(key) === s) sessions.delete(key) })
-    return s
+    let pending = opening.get(key)
+    if (pending == null) {
+      pending = (async () => {
+        const stream = await libp2p.dialProtocol(peer, protocol, { signal })
+        const s: Session = { stream, lp: lpStream(stream, { maxDataLength: MAX_MESSAGE_BYTES }), tail: Promise.resolve() }
+        sessions.set(key, s)
+        stream.addEventListener('close', () => { if (sessions.get(key) === s) sessions.delete(key) })
+        return s
+      })().finally(() => opening.delete(key))
+      opening.set(key, pending)
+    }
+    return await pending
   }
 
   async function exchange (s: Session, request: LeaseRequest, signal: AbortSignal): Promise<unknown> {

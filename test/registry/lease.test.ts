@@ -57,7 +57,10 @@ describe('lease protocol', () => {
     assert.equal(leaseStreams(), 1)
   })
 
-  it('answers concurrent requests on the shared stream in order, and never grants past capacity', async () => {
+  it('answers concurrent requests on one shared stream in order, and never grants past capacity', async () => {
+    // No stream yet: the concurrent requests must open one between them, not one each.
+    for (const c of a.libp2p.getConnections(b.peerId)) for (const s of c.streams) if (s.protocol === leaseProtocol(a.network)) s.abort(new Error('test'))
+    assert.equal(leaseStreams(), 0)
     const outcomes = await Promise.allSettled(Array.from({ length: SLOTS + 5 }, async () =>
       leasesA.request(b.peerId, { op: 'reserve', slots: 1, ttlMs: 60_000 })))
     const granted = outcomes.filter(o => o.status === 'fulfilled')
