@@ -937,8 +937,10 @@ export const descriptorsFeature: FeatureFactory = (node, init) => {
           // One sample is not yet a measurement: one taken while either end was busy (a dial is
           // when both are) would otherwise rank the candidate until the round robin comes back to
           // it. (At 50 nodes in one process, allocations chose a node at 20 ms over one at 3.6 ms
-          // that had been measured once, at 64.7 ms.)
-          if ((rtts.get(d.id)?.length ?? 0) < WARM_SAMPLES) await measureNow(d, signal)
+          // that had been measured once, at 64.7 ms.) Samples a warm check apart, not in one
+          // burst: taken back to back, all three fell in the same busy second.
+          const since = Date.now() - (lastPinged.get(d.peerId) ?? 0)
+          if ((rtts.get(d.id)?.length ?? 0) < WARM_SAMPLES && since >= WARM_CHECK_MS) await measureNow(d, signal)
           await leases!.prepare(await peerFor(d), { signal })
         } catch {}
       }))
