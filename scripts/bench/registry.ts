@@ -406,10 +406,11 @@ async function child (size: number, seed: number, settleS: number, joins: number
       }
       const chosen = nodes.findIndex(n => n.did === out.chosen[0].did)
       const dialled = !connectedBefore.has(out.chosen[0].peerId)
-      records.push({ round: round_, ms: took, ok: true, dialled, rtts: took / rtt(q, chosen), nearest: rtt(q, chosen) <= best + 1e-9, within: rtt(q, chosen) <= Math.max(best * 1.1, best + 1) })
+      const nearest = rtt(q, chosen) <= best + 1e-9
+      records.push({ round: round_, ms: took, ok: true, dialled, rtts: took / rtt(q, chosen), nearest, within: rtt(q, chosen) <= Math.max(best * 1.1, best + 1) })
       if (process.env.BENCH_VERBOSE === '2') {
         // On a miss, what the querier saw of each eligible node: index:its latency (source) / injected RTT.
-        const seen = rtt(q, chosen) <= best + 1e-9
+        const seen = nearest
           ? ''
           : '; saw ' + [...gpu].map(g => { const l = reg.latency(nodes[g].did); return `${g}:${l.ms == null ? '?' : round(l.ms, 1)}(${l.source[0]})/${round(rtt(q, g), 1)}` }).join(' ')
         phase(`alloc from ${q}: ${round(took, 0)} ms to ${chosen} (rtt ${round(rtt(q, chosen), 1)} ms, ${dialled ? 'dialled' : 'connected'})${seen}`, t0)
