@@ -31,7 +31,7 @@ import { DEFAULT_VIVALDI_CONFIG, vivaldiEstimator } from '../registry/vivaldi.ts
 import type { Announce, Verdict } from '../protocols/announce.ts'
 import type { LeaseService } from '../protocols/lease.ts'
 import type { Probe } from '../protocols/probe.ts'
-import type { Choice, Exclusion, LeaseBook } from '../registry/allocation.ts'
+import type { ChooseOptions, Choice, Exclusion, LeaseBook } from '../registry/allocation.ts'
 import type { Constraint } from '../registry/constraints.ts'
 import type { Accelerator, EdgeNodeDescriptor, SignedDescriptor, TrustLevel } from '../registry/descriptor.ts'
 import type { Coordinate } from '../registry/vivaldi.ts'
@@ -871,20 +871,20 @@ export const descriptorsFeature: FeatureFactory = (node, init) => {
     await pingOne(peer, signal)
   }
 
-  /**
-   * Whether enough nodes meet every constraint (with the explanation if not), and every node that
-   * does, nearest first (measured RTT, else estimate).
-   */
-  function eligible (all: EdgeNodeDescriptor[], constraints: Constraint[], slots: number, count: number): { first: ReturnType<typeof choose>, ranked: Choice[] } {
-    const options = {
+  /** Ranking options: measured RTT, else estimate; list() has already dropped expired descriptors. */
+  function rankBy (slots: number): ChooseOptions {
+    return {
       slots,
       rtt: (did: string) => { const l = latency(did); return l.source === 'measured' || l.source === 'self' ? l.ms : undefined },
       estimate: (did: string) => { const l = latency(did); return l.source === 'estimated' ? l.ms : undefined },
-      // list() has already dropped expired descriptors, so no 'not expired' stage clutters the explanation.
       trust: trustOf
     }
-    const full = choose(all, constraints, { ...options, count: Math.max(all.length, 1) })
-    return { first: choose(all, constraints, { ...options, count }), ranked: full.ok ? full.chosen : full.candidates }
+  }
+
+  /** Every node that meets every constraint, nearest first. */
+  function rankAll (all: EdgeNodeDescriptor[], constraints: Constraint[], slots: number): Choice[] {
+    const full = choose(all, constraints, { ...rankBy(slots), count: Math.max(all.length, 1) })
+    return full.ok ? full.chosen : full.candidates
   }
 
   /**
@@ -924,9 +924,9 @@ export const descriptorsFeature: FeatureFactory = (node, init) => {
         // so it casts a wider net than an allocation stops for: an estimate is sometimes off by
         // half or more (at 50 nodes, p90 error 90-180%), and a candidate estimated at 1.6x the
         // best was, measured, the nearest.
-        const { ranked } = eligible(all, w.constraints, w.slots, w.count)
-        const bar = ranked[Math.min(w.count, ranked.length) - 1]?.latencyMs ?? Number.POSITIVE_INFINITY
-        ranked.slice(0, w.count + WARM_EXTRA).forEach((c, i) => {
+        const candidates = rankAll(all, w.constraints, w.slots)
+        const bar = candidates[Math.min(w.count, candidates.length) - 1]?.latencyMs ?? Number.POSITIVE_INFINITY
+        candidates.slice(0, w.count + WARM_EXTRA).forEach((c, i) => {
           const unsure = c.latencySource === 'estimated' || (c.latencySource === 'measured' && (rtts.get(c.did)?.length ?? 0) < WARM_SAMPLES)
           if (c.did !== node.did && (i < w.count || (unsure && c.latencyMs !== undefined && c.latencyMs <= bar * 2 + 2))) targets.set(c.did, c.descriptor)
         })
@@ -954,7 +954,10 @@ export const descriptorsFeature: FeatureFactory = (node, init) => {
     const slots = req.slots ?? 1
     const ttl = req.ttlMs ?? 60_000
     const all = list()
-    const rank = (): ReturnType<typeof eligible> => eligible(all, req.constraints, slots, count)
+    // Whether enough nodes meet every constraint (with the explanation if not), and every node
+    // that does, nearest first.
+    const rank = (): { first: ReturnType<typeof choose>, ranked: Choice[] } =>
+      ({ first: choose(all, req.constraints, { ...rankBy(slots), count }), ranked: rankAll(all, req.constraints, slots) })
     let { first, ranked } = rank()
     // An estimate is good to tens of percent, which on short links is a few ms: as much as the
     // gap between candidates in one region. So the estimated candidates that could be nearer than

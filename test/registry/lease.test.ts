@@ -1,19 +1,17 @@
 // The lease protocol (protocols/lease.ts) between two in-process nodes on @libp2p/memory.
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
-import { generateKeyPair } from '@libp2p/crypto/keys'
-import { memory } from '@libp2p/memory'
 import { lpStream } from '@libp2p/utils'
-import { MeshNode } from '../../node/mesh-node.ts'
+import { memoryPair } from './memory-pair.ts'
 import { leaseProtocol, leaseService } from '../../protocols/lease.ts'
 import { createLeaseBook, LeaseError } from '../../registry/allocation.ts'
+import type { MeshNode } from '../../node/mesh-node.ts'
 import type { LeaseService } from '../../protocols/lease.ts'
 import type { LeaseBook } from '../../registry/allocation.ts'
 
 const SLOTS = 10
 
 describe('lease protocol', () => {
-  const tag = Math.random().toString(36).slice(2)
   let a: MeshNode
   let b: MeshNode
   let leasesA: LeaseService
@@ -25,13 +23,7 @@ describe('lease protocol', () => {
     .flatMap(c => c.streams).filter(s => s.protocol === leaseProtocol(a.network) && s.status === 'open').length
 
   before(async () => {
-    const make = async (name: string, bootstrap: string[] = []): Promise<MeshNode> => {
-      const node = new MeshNode({ privateKey: await generateKeyPair('Ed25519'), listen: [`/memory/${tag}-${name}`], bootstrap, transports: [memory({ latency: 2 })], gossip: false })
-      await node.start()
-      return node
-    }
-    b = await make('b')
-    a = await make('a', [`/memory/${tag}-b`])
+    ({ a, b } = await memoryPair(2))
     bookB = createLeaseBook({ capacity: () => SLOTS })
     leasesA = leaseService({ libp2p: a.libp2p }, { network: a.network, did: a.did, book: createLeaseBook() })
     leasesB = leaseService({ libp2p: b.libp2p }, { network: b.network, did: b.did, book: bookB, onDropped: reason => droppedAtB.push(reason) })

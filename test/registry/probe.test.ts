@@ -1,12 +1,11 @@
 // The probe protocol (protocols/probe.ts) between two in-process nodes on @libp2p/memory.
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
-import { generateKeyPair } from '@libp2p/crypto/keys'
-import { memory } from '@libp2p/memory'
 import { lpStream } from '@libp2p/utils'
-import { MeshNode } from '../../node/mesh-node.ts'
+import { memoryPair } from './memory-pair.ts'
 import { probeProtocol, probeService } from '../../protocols/probe.ts'
 import { createCoordinate } from '../../registry/vivaldi.ts'
+import type { MeshNode } from '../../node/mesh-node.ts'
 import type { Probe, ProbeSample } from '../../protocols/probe.ts'
 
 /** The memory transport delays each direction of a connection by the listener's latency. */
@@ -25,7 +24,6 @@ async function until (what: string, check: () => boolean, timeoutMs = 10_000): P
 }
 
 describe('probe protocol', () => {
-  const tag = Math.random().toString(36).slice(2)
   let a: MeshNode
   let b: MeshNode
   let probeA: Probe
@@ -34,13 +32,7 @@ describe('probe protocol', () => {
   const droppedAtB: string[] = []
 
   before(async () => {
-    const make = async (name: string, bootstrap: string[] = []): Promise<MeshNode> => {
-      const node = new MeshNode({ privateKey: await generateKeyPair('Ed25519'), listen: [`/memory/${tag}-${name}`], bootstrap, transports: [memory({ latency: LATENCY_MS })], gossip: false })
-      await node.start()
-      return node
-    }
-    b = await make('b')
-    a = await make('a', [`/memory/${tag}-b`])
+    ({ a, b } = await memoryPair(LATENCY_MS))
     probeA = probeService({ libp2p: a.libp2p }, { network: a.network, coordinate: () => coordinate(1) })
     probeB = probeService({ libp2p: b.libp2p }, {
       network: b.network,
