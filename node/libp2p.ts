@@ -6,7 +6,9 @@ import { kadDHT, passthroughMapper } from '@libp2p/kad-dht'
 import { ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
 import { END_RECORD_NAMESPACE, endRecordSelector, endRecordValidator } from '../registry/dht-record.ts'
+import { cacheEd25519Verification } from './ed25519-verify.ts'
 import { meshNoise } from './noise.ts'
+import { componentLogger } from './quiet-logger.ts'
 import { meshYamux } from './yamux.ts'
 import type { GossipSub } from '@libp2p/gossipsub'
 import type { Identify, IdentifyPush } from '@libp2p/identify'
@@ -68,6 +70,9 @@ export function gossipProtocols (_network: string): string[] {
 }
 
 export function libp2pOptions (init: Libp2pInit): Libp2pOptions<MeshServices> {
+  // Noise handshakes, identify records and gossip messages are verified with remote keys imported
+  // once (ed25519-verify.ts); the node's own key signs through one key object (signing-key.ts).
+  cacheEd25519Verification()
   const services: Record<string, any> = {
     identify: identify(),
     identifyPush: identifyPush(),
@@ -130,6 +135,7 @@ export function libp2pOptions (init: Libp2pInit): Libp2pOptions<MeshServices> {
   }
   return {
     privateKey: init.privateKey,
+    logger: componentLogger(),
     datastore: init.datastore,
     connectionGater: init.connectionGater,
     metrics: init.metrics,

@@ -16,11 +16,13 @@ import { createHeliaLight } from 'helia'
 import createMortice from 'mortice'
 import * as json from 'multiformats/codecs/json'
 import { didFromPeerId } from '../identity/did-key.ts'
+import { signingKey } from '../identity/signing-key.ts'
 import { membership } from '../protocols/membership.ts'
 import { revocationSync } from '../protocols/revocations.ts'
 import { meshBlockRouting } from './block-routing.ts'
 import { dhtProtocol, gossipProtocols, libp2pOptions, protocolPrefix } from './libp2p.ts'
 import { UserError } from './errors.ts'
+import { componentLogger } from './quiet-logger.ts'
 import type { Community } from './community.ts'
 import type { Feature, FeatureList } from './feature.ts'
 import type { Libp2pInit, MeshServices } from './libp2p.ts'
@@ -118,7 +120,7 @@ export class MeshNode {
 
   constructor (init: MeshNodeInit) {
     this.community = init.community
-    this.privateKey = init.privateKey
+    this.privateKey = signingKey(init.privateKey)
     this.network = init.community?.id ?? init.network ?? 'default'
     this.region = init.region
     this.minPeers = init.minPeers ?? 8
@@ -126,7 +128,7 @@ export class MeshNode {
     this.blockstore = init.storePath != null ? new FsBlockstore(init.storePath.blocks) : new MemoryBlockstore()
     this.datastore = init.storePath != null ? new FsDatastore(init.storePath.datastore) : new MemoryDatastore()
     const options = libp2pOptions({
-      privateKey: init.privateKey,
+      privateKey: this.privateKey,
       network: this.network,
       listen: init.listen ?? ['/ip4/127.0.0.1/tcp/0'],
       gossip: init.gossip,
@@ -141,6 +143,7 @@ export class MeshNode {
       }
     })
     const helia = createHeliaLight({
+      logger: componentLogger(),
       blockstore: this.blockstore,
       datastore: this.datastore,
       codecs: [dagCbor, dagJson, json],

@@ -7,7 +7,12 @@
 // µs with a KeyObject; a 64 MB transfer between two nodes of one process took ~10% less CPU on
 // its thread). The cipher, nonces and framing are Noise's own, unchanged, so peers running stock
 // Noise interoperate as before.
-import { createSecretKey } from 'node:crypto'
+//
+// X25519 likewise: Noise hands raw key bytes to every Diffie-Hellman (three per side per handshake,
+// two with the ephemeral key and one with the node's static key), and the default imports the
+// private key from DER each time. Keys made here keep their KeyObject: a DH costs ~100 µs instead
+// of ~230 µs (measured on this machine), about 0.8 ms less CPU per connection for its two ends.
+import { createPublicKey, createSecretKey, diffieHellman, generateKeyPairSync } from 'node:crypto'
 import { defaultCrypto, nodeCrypto } from '@chainsafe/libp2p-noise/crypto'
 import type { ICryptoInterface } from '@chainsafe/libp2p-noise'
 import type { KeyObject } from 'node:crypto'
@@ -29,8 +34,27 @@ function keyObject (k: Uint8Array): Uint8Array {
   return entry.key as unknown as Uint8Array
 }
 
+// DER headers of an X25519 SubjectPublicKeyInfo and PKCS#8 private key: the raw key follows them.
+const X25519_SPKI_PREFIX = Buffer.from('302a300506032b656e032100', 'hex')
+const X25519_PKCS8_PREFIX = Buffer.from('302e020100300506032b656e04220420', 'hex')
+
+/** Private keys this module generated, by the very array Noise holds (it never copies or changes it). */
+const x25519Keys = new WeakMap<Uint8Array, KeyObject>()
+
 export const noiseCrypto: ICryptoInterface = {
   ...defaultCrypto,
+  generateX25519KeyPair () {
+    const { publicKey, privateKey } = generateKeyPairSync('x25519')
+    const raw = privateKey.export({ format: 'der', type: 'pkcs8' }).subarray(X25519_PKCS8_PREFIX.length)
+    x25519Keys.set(raw, privateKey)
+    return { publicKey: publicKey.export({ format: 'der', type: 'spki' }).subarray(X25519_SPKI_PREFIX.length), privateKey: raw }
+  },
+  generateX25519SharedKey (privateKey, publicKey) {
+    const key = privateKey instanceof Uint8Array ? x25519Keys.get(privateKey) : undefined
+    if (key == null) return defaultCrypto.generateX25519SharedKey(privateKey, publicKey)
+    const der = Buffer.concat([X25519_SPKI_PREFIX, publicKey instanceof Uint8Array ? publicKey : publicKey.subarray()])
+    return diffieHellman({ privateKey: key, publicKey: createPublicKey({ key: der, format: 'der', type: 'spki' }) })
+  },
   chaCha20Poly1305Encrypt (plaintext, nonce, ad, k) {
     if (plaintext.byteLength < NODE_CRYPTO_FROM) return defaultCrypto.chaCha20Poly1305Encrypt(plaintext, nonce, ad, k)
     return nodeCrypto.chaCha20Poly1305Encrypt(plaintext, nonce, ad, keyObject(k))

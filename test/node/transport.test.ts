@@ -1,4 +1,5 @@
-// Mesh's Noise (node/noise.ts: session keys imported once, frame lengths read without a throw)
+// Mesh's Noise (node/noise.ts: session and X25519 keys imported once, frame lengths read without a
+// throw, the handshake signed through identity/signing-key.ts)
 // and yamux (node/yamux.ts: window updates at half the window) must stay wire-compatible with the
 // stock libraries and move every byte intact: many small messages (one frame each, the case both
 // changes are for) and large ones that span many frames, TCP chunks and receive windows (so flow
@@ -12,15 +13,20 @@ import { tcp } from '@libp2p/tcp'
 import { lpStream } from '@libp2p/utils'
 import { createLibp2p } from 'libp2p'
 import { after, describe, it } from 'node:test'
+import { defaultCrypto } from '@chainsafe/libp2p-noise/crypto'
+import { signingKey } from '../../identity/signing-key.ts'
+import { noiseCrypto } from '../../node/noise-crypto.ts'
 import { meshNoise } from '../../node/noise.ts'
 import { meshYamux } from '../../node/yamux.ts'
 import type { Libp2p } from 'libp2p'
 
 const ECHO = '/mesh-test/echo/1.0.0'
 
-async function node (encrypter: any, muxer: any): Promise<Libp2p> {
+async function node (encrypter: any, muxer: any, mesh: boolean): Promise<Libp2p> {
+  const key = await generateKeyPair('Ed25519')
   const libp2p = await createLibp2p({
-    privateKey: await generateKeyPair('Ed25519'),
+    // Mesh's side signs its handshake through signingKey, as MeshNode does
+    privateKey: mesh ? signingKey(key) : key,
     addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] },
     transports: [tcp()],
     connectionEncrypters: [encrypter],
@@ -45,8 +51,8 @@ describe('Mesh Noise and yamux', () => {
     ['mesh dials mesh', [meshNoise(), meshYamux()], [meshNoise(), meshYamux()]]
   ] as const) {
     it(`${name}: small and large messages come back intact`, async () => {
-      const a = await node(dialer[0], dialer[1])
-      const b = await node(listener[0], listener[1])
+      const a = await node(dialer[0], dialer[1], name.startsWith('mesh'))
+      const b = await node(listener[0], listener[1], name.endsWith('mesh'))
       nodes.push(a, b)
       const stream = await a.dialProtocol(b.getMultiaddrs()[0], ECHO)
       const lp = lpStream(stream, { maxDataLength: 4 * 2 ** 20 })
@@ -62,4 +68,21 @@ describe('Mesh Noise and yamux', () => {
       await stream.close()
     })
   }
+
+  it('X25519 with kept key objects agrees with the default, for its own keys and foreign ones', () => {
+    const ours = [noiseCrypto.generateX25519KeyPair(), noiseCrypto.generateX25519KeyPair()]
+    const theirs = [defaultCrypto.generateX25519KeyPair(), defaultCrypto.generateX25519KeyPair()]
+    for (const a of [...ours, ...theirs]) {
+      for (const b of [...ours, ...theirs]) {
+        const expected = Buffer.from(defaultCrypto.generateX25519SharedKey(a.privateKey, b.publicKey))
+        assert.ok(expected.equals(noiseCrypto.generateX25519SharedKey(a.privateKey, b.publicKey)))
+      }
+    }
+    // both ends of a pair derive the same secret, and a different peer a different one
+    const ab = Buffer.from(noiseCrypto.generateX25519SharedKey(ours[0].privateKey, ours[1].publicKey))
+    assert.ok(ab.equals(noiseCrypto.generateX25519SharedKey(ours[1].privateKey, ours[0].publicKey)))
+    assert.ok(!ab.equals(noiseCrypto.generateX25519SharedKey(ours[0].privateKey, theirs[0].publicKey)))
+    // a copy of a private key (not the array Noise was given) takes the default path, same answer
+    assert.ok(ab.equals(noiseCrypto.generateX25519SharedKey(Uint8Array.from(ours[0].privateKey), ours[1].publicKey)))
+  })
 })
