@@ -61,7 +61,12 @@ interface Result {
   formationCpuMs: number
   connectionsOpened: number
   connectionCpuMs: number
+  /** The slowest 5% of measured lookups, and what happened during them. */
+  tail: TailLookup[]
 }
+
+/** One slow lookup: how long, how many connections were opened meanwhile, GC pauses meanwhile. */
+interface TailLookup { ms: number, ok: boolean, queried: number, dials: number, gcMs: number }
 
 /** One node under test, whichever configuration. */
 interface BenchNode {
@@ -176,8 +181,14 @@ async function child (config: Config, n: number, pairs: number, concurrency: num
   // from. A node is hooked as soon as it has started, before any other node can know its address.
   let connectionsOpened = 0
   let counting = true
+  // Connections opened by anyone, at any time: a measured lookup's share is the difference.
+  let everOpened = 0
   const countOutbound = (node: BenchNode): void => {
-    node.libp2p.addEventListener('connection:open', (evt) => { if (counting && evt.detail.direction === 'inbound') connectionsOpened++ })
+    node.libp2p.addEventListener('connection:open', (evt) => {
+      if (evt.detail.direction !== 'inbound') return
+      everOpened++
+      if (counting) connectionsOpened++
+    })
   }
   countOutbound(seed)
   // Nodes join JOIN_CONCURRENCY at a time: a whole fleet dialing one seed in the same millisecond
@@ -221,7 +232,22 @@ async function child (config: Config, n: number, pairs: number, concurrency: num
     if (b >= a) b++
     return [a, b] as const
   })
-  const results = await mapLimit(chosen, concurrency, async ([a, b]) => lookup(nodes[a], nodes[b], 5_000))
+  // GC pauses, to tell a slow lookup that waited on the collector from one that waited on the DHT.
+  const gcs: Array<{ start: number, end: number }> = []
+  const gcObserver = new PerformanceObserver(list => { for (const e of list.getEntries()) gcs.push({ start: e.startTime, end: e.startTime + e.duration }) })
+  gcObserver.observe({ entryTypes: ['gc'] })
+  const results = await mapLimit(chosen, concurrency, async ([a, b]) => {
+    const opened = everOpened
+    const t0 = performance.now()
+    const r = await lookup(nodes[a], nodes[b], 5_000)
+    const t1 = performance.now()
+    return { ...r, dials: everOpened - opened, t0, t1 }
+  })
+  await new Promise(resolve => setImmediate(resolve)) // the observer's last entries
+  gcObserver.disconnect()
+  const gcDuring = (t0: number, t1: number): number => gcs.reduce((sum, g) => sum + Math.max(0, Math.min(g.end, t1) - Math.max(g.start, t0)), 0)
+  const tail: TailLookup[] = [...results].sort((x, y) => y.ms - x.ms).slice(0, Math.max(1, Math.ceil(results.length * 0.05)))
+    .map(r => ({ ms: round(r.ms), ok: r.ok, queried: r.queried, dials: r.dials, gcMs: round(gcDuring(r.t0, r.t1)) }))
   const ok = results.filter(r => r.ok)
   const ms = results.map(r => r.ms) // failures count at the time they took, so they show in the tail
 
@@ -245,7 +271,8 @@ async function child (config: Config, n: number, pairs: number, concurrency: num
     connectionsPerNode: round(connectionsPerNode, 1),
     formationCpuMs: round(formationCpuMs, 0),
     connectionsOpened,
-    connectionCpuMs: round(connectionCpuMs, 2)
+    connectionCpuMs: round(connectionCpuMs, 2),
+    tail
   }
 }
 
@@ -329,6 +356,17 @@ async function main (): Promise<void> {
   ))
   console.log('(connections opened counts the inbound end of every connection any node opened during formation, the seed joins included; ' +
     'CPU/connection is TCP+Noise+yamux+identify for both ends, measured on isolated pairs in the same process before the mesh starts)')
+  // A lookup's answer names the peers nearest the target, and kad-dht pings (so dials) each one
+  // it does not know while its routing table has room: ~4 new connections after a lookup, ~20 ms of
+  // CPU each, on the one thread every node shares. A lookup that starts while they are set up
+  // waits for them; on separate machines it would not.
+  console.log('\nthe slowest 5% of lookups, and what happened while each ran (dials: connections any node opened meanwhile; GC: collector pauses meanwhile):')
+  for (const r of results) {
+    const withDials = r.tail.filter(t => t.dials > 0).length
+    const gc = r.tail.filter(t => t.gcMs > 0).length
+    console.log(`${r.config} ${r.nodes}: ${r.tail.length} lookups of ${r.tail.at(-1)?.ms ?? '-'}-${r.tail[0]?.ms ?? '-'} ms; ${withDials} opened a connection, ${gc} overlapped a GC pause; ` +
+      r.tail.map(t => `${t.ms} ms (${t.dials} dials, GC ${t.gcMs} ms, ${t.queried} asked${t.ok ? '' : ', failed'})`).join(', '))
+  }
   console.log(JSON.stringify({ bench: 'dht', results }))
 }
 
