@@ -5,6 +5,7 @@ import { withBitswap } from '@helia/bitswap'
 import { withLibp2pLight } from '@helia/libp2p'
 import * as dagCbor from '@ipld/dag-cbor'
 import * as dagJson from '@ipld/dag-json'
+import { MessageType } from '@libp2p/kad-dht'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import { randomUUID } from 'node:crypto'
@@ -455,25 +456,62 @@ export class MeshNode {
   /** A DHT lookup that goes to the network, even when the peer is already known locally. */
   async findPeer (peer: PeerId, options: { signal?: AbortSignal } = {}): Promise<FoundPeer> {
     const started = performance.now()
-    let queried = 0
+    const asked = new Set<string>()
+    const found = (multiaddrs: Multiaddr[]): FoundPeer => ({
+      peerId: peer.toString(),
+      did: didFromPeerId(peer),
+      addresses: multiaddrs.map(String),
+      queried: asked.size,
+      ms: performance.now() - started
+    })
     try {
       for await (const event of this.libp2p.services.dht.findPeer(peer, { useCache: false, signal: options.signal })) {
-        if (event.name === 'PEER_RESPONSE') queried++
-        if (event.name === 'FINAL_PEER') {
-          return {
-            peerId: peer.toString(),
-            did: didFromPeerId(peer),
-            addresses: event.peer.multiaddrs.map(String),
-            queried,
-            ms: performance.now() - started
-          }
-        }
+        if (event.name === 'PEER_RESPONSE') asked.add(event.from.toString())
+        if (event.name === 'FINAL_PEER') return found(event.peer.multiaddrs)
       }
     } catch (err: any) {
       if (options.signal?.aborted === true) throw err
       if (err.name !== 'NotFoundError') throw err
     }
-    throw new UserError(`peer ${peer} was not found in the DHT (${queried} peers asked)`)
+    const second = await this.askNeighbours(peer, asked, options)
+    if (second != null) return found(second)
+    throw new UserError(`peer ${peer} was not found in the DHT (${asked.size} peers asked)`)
+  }
+
+  /**
+   * A lookup's second pass: asks the connected peers the query did not ask (at most 16, at once)
+   * for the target. A query asks the peers of its routing table nearest the target and stops when
+   * their answers name no one nearer; with the small tables Mesh keeps (node/libp2p.ts), those can
+   * all be peers that never heard of the target while another neighbour knows it well. Measured at
+   * 100 nodes: 1-3 lookups in 1,000 ended that way, each time with a neighbour that knew the target.
+   */
+  private async askNeighbours (peer: PeerId, asked: Set<string>, options: { signal?: AbortSignal }): Promise<Multiaddr[] | undefined> {
+    const network = (this.libp2p.services.dht as any).network
+    if (typeof network?.sendRequest !== 'function') return undefined
+    const target = peer.toString()
+    const neighbours = [...new Map(this.libp2p.getConnections().map(c => [c.remotePeer.toString(), c.remotePeer])).values()]
+      .filter(p => !asked.has(p.toString()) && p.toString() !== target).slice(0, 16)
+    if (neighbours.length === 0) return undefined
+    const done = new AbortController()
+    const signal = options.signal == null ? done.signal : AbortSignal.any([options.signal, done.signal])
+    const request = { type: MessageType.FIND_NODE, key: peer.toMultihash().bytes }
+    const path = { index: 0, queued: 0, running: neighbours.length, total: neighbours.length }
+    try {
+      return await Promise.any(neighbours.map(async (neighbour) => {
+        for await (const event of network.sendRequest(neighbour, request, { signal, path })) {
+          if (event.name !== 'PEER_RESPONSE') continue
+          asked.add(neighbour.toString())
+          const match = event.closer.find((p: { id: PeerId }) => p.id.equals(peer))
+          if (match?.multiaddrs.length > 0) return match.multiaddrs as Multiaddr[]
+        }
+        throw new Error('does not know the peer')
+      }))
+    } catch {
+      if (options.signal?.aborted === true) throw options.signal.reason
+      return undefined
+    } finally {
+      done.abort()
+    }
   }
 
   async connect (target: string, options: { signal?: AbortSignal } = {}): Promise<PeerEntry> {

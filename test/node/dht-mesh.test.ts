@@ -75,3 +75,38 @@ describe(`a ${SIZE}-node DHT mesh bootstrapped from one seed`, () => {
     assert.deepEqual(failures, [], `${failures.length} of ${(SIZE - 1) * (SIZE - 2)} lookups failed`)
   })
 })
+
+// A DHT query asks the routing-table peers nearest the target and stops when their answers name no
+// one nearer. Here the only peer in Q's table (N1) never heard of T, while Q's other neighbour (N2,
+// connected but not in the table) knows T: the query alone fails, and the lookup must still find T
+// by asking the neighbours the query did not ask.
+describe('a lookup whose DHT query ends without the target', () => {
+  const nodes: MeshNode[] = []
+  after(async () => { await Promise.all(nodes.map(async node => node.stop())) })
+
+  it('asks the neighbours the query did not ask, and finds the target through them', async () => {
+    const [q, n1, n2, t] = await Promise.all(Array.from({ length: 4 }, async () => new MeshNode({ privateKey: await generateKeyPair('Ed25519'), gossip: false, minPeers: 0 })))
+    nodes.push(q, n1, n2, t)
+    for (const node of nodes) await node.start()
+    const table = (node: MeshNode): any => (node.libp2p.services.dht as any).routingTable
+    await q.connect(n1.libp2p.getMultiaddrs()[0].toString())
+    await q.connect(n2.libp2p.getMultiaddrs()[0].toString())
+    await n2.connect(t.libp2p.getMultiaddrs()[0].toString())
+    await waitFor('Q to take N1 and N2 into its routing table, and N2 to take T', async () =>
+      (await table(q).find(n1.peerId)) != null && (await table(q).find(n2.peerId)) != null && (await table(n2).find(t.peerId)) != null)
+    await table(q).remove(n2.peerId)
+    // N1 may have heard of N2 from Q's answers to its own queries; then the query would go on to N2.
+    for (const peer of [n2.peerId, t.peerId]) {
+      await table(n1).remove(peer)
+      await n1.libp2p.peerStore.delete(peer)
+    }
+    assert.equal(await n1.libp2p.peerStore.has(t.peerId), false, 'N1 must not know T')
+    assert.equal(await n1.libp2p.peerStore.has(n2.peerId), false, 'N1 must not know N2')
+
+    const found = await q.findPeer(t.peerId, { signal: AbortSignal.timeout(LOOKUP_TIMEOUT) })
+    assert.equal(found.peerId, t.peerId.toString())
+    const listening = t.libp2p.getMultiaddrs().map(ma => ma.decapsulateCode(421).toString())
+    assert.ok(found.addresses.some(a => listening.includes(a.replace(/\/p2p\/[^/]+$/, ''))), 'T\'s listen address was found')
+    assert.ok(found.queried >= 2, `both N1 (the query) and N2 (the second pass) were asked, got ${found.queried}`)
+  })
+})
