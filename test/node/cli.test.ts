@@ -1,5 +1,6 @@
 // Integration: real `mesh` processes on loopback, driven through the CLI and the HTTP API.
 import assert from 'node:assert/strict'
+import { once } from 'node:events'
 import { randomBytes } from 'node:crypto'
 import { readFile, stat, writeFile, mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -178,5 +179,17 @@ describe('mesh CLI and node processes', () => {
     n.child.kill('SIGINT')
     assert.equal(await n.exited, 0, `exit code ${n.child.exitCode}, signal ${n.child.signalCode}: ${n.stderr()}`)
     assertOneLineError(await mesh(['id', '--repo', n.repo]), /no node is running/)
+  })
+
+  it('a second signal while stopping exits at once', async () => {
+    const n = await startNode(join(await dirs.make(), 'h'))
+    // 'close', not 'exit': the last stderr line may arrive after the exit itself
+    const closed = once(n.child, 'close')
+    n.child.kill('SIGINT')
+    n.child.kill('SIGTERM')
+    const [code] = await closed
+    // 130: the forced exit; a clean stop would have answered 0
+    assert.equal(code, 130, `exit code ${n.child.exitCode}, signal ${n.child.signalCode}: ${n.stderr()}`)
+    assert.match(n.stderr(), /second SIGTERM, exiting now/)
   })
 })
