@@ -7,20 +7,20 @@
 // all with one key). Verification goes through the prototype because those calls happen inside
 // libp2p, Noise and gossipsub, on key objects they build themselves; the result is unchanged
 // (node:crypto's verify either way), only the import is cached.
-import { createPublicKey, verify } from 'node:crypto'
+import { verify } from 'node:crypto'
 import { publicKeyFromRaw } from '@libp2p/crypto/keys'
+import { ed25519KeyObject } from '../identity/did-key.ts'
+import { BoundedCache } from '../identity/verification-cache.ts'
 import type { KeyObject } from 'node:crypto'
 
-/** Bounded: a busy node meets many keys, and each entry is ~100 bytes plus a KeyObject. */
-const MAX_KEYS = 4096
-const keyObjects = new Map<string, KeyObject>()
+/** Bounded (least recently used out): a busy node meets many keys. */
+const keyObjects = new BoundedCache<string, KeyObject>({ maxEntries: 4096 })
 
 function keyObject (raw: Uint8Array): KeyObject {
   const id = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength).toString('base64url')
   let key = keyObjects.get(id)
   if (key == null) {
-    key = createPublicKey({ format: 'jwk', key: { kty: 'OKP', crv: 'Ed25519', x: id } })
-    if (keyObjects.size >= MAX_KEYS) keyObjects.delete(keyObjects.keys().next().value!)
+    key = ed25519KeyObject(raw)
     keyObjects.set(id, key)
   }
   return key

@@ -20,16 +20,20 @@ async function waitFor (what: string, check: () => Promise<boolean> | boolean, t
   }
 }
 
+/** A lookup's answer names `to`, with one of the addresses it listens on. */
+function assertFound (found: { peerId: string, addresses: string[] }, to: MeshNode, what: string): void {
+  assert.equal(found.peerId, to.peerId.toString())
+  const listening = to.libp2p.getMultiaddrs().map(ma => ma.decapsulateCode(421).toString())
+  assert.ok(found.addresses.some(a => listening.includes(a.replace(/\/p2p\/[^/]+$/, ''))), what)
+}
+
 /** Every ordered pair of `nodes` looks the other up; returns the lookups that failed. */
 async function lookUpAll (nodes: MeshNode[]): Promise<string[]> {
   const pairs = nodes.flatMap((from, i) => nodes.map((to, j) => [i, j] as const).filter(([, j]) => j !== i).map(([, j]) => [from, nodes[j], i, j] as const))
   const failures: string[] = []
   await mapLimit(pairs, 4, async ([from, to, i, j]) => {
     try {
-      const found = await from.findPeer(to.peerId, { signal: AbortSignal.timeout(LOOKUP_TIMEOUT) })
-      assert.equal(found.peerId, to.peerId.toString())
-      const listening = to.libp2p.getMultiaddrs().map(ma => ma.decapsulateCode(421).toString())
-      assert.ok(found.addresses.some(a => listening.includes(a.replace(/\/p2p\/[^/]+$/, ''))), `node ${i} got addresses of node ${j}`)
+      assertFound(await from.findPeer(to.peerId, { signal: AbortSignal.timeout(LOOKUP_TIMEOUT) }), to, `node ${i} got addresses of node ${j}`)
     } catch (err: any) {
       failures.push(`node ${i} -> node ${j}: ${err.message}`)
     }
@@ -104,9 +108,7 @@ describe('a lookup whose DHT query ends without the target', () => {
     assert.equal(await n1.libp2p.peerStore.has(n2.peerId), false, 'N1 must not know N2')
 
     const found = await q.findPeer(t.peerId, { signal: AbortSignal.timeout(LOOKUP_TIMEOUT) })
-    assert.equal(found.peerId, t.peerId.toString())
-    const listening = t.libp2p.getMultiaddrs().map(ma => ma.decapsulateCode(421).toString())
-    assert.ok(found.addresses.some(a => listening.includes(a.replace(/\/p2p\/[^/]+$/, ''))), 'T\'s listen address was found')
+    assertFound(found, t, 'T\'s listen address was found')
     assert.ok(found.queried >= 2, `both N1 (the query) and N2 (the second pass) were asked, got ${found.queried}`)
   })
 })
