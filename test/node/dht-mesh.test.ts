@@ -102,13 +102,20 @@ describe('a lookup whose DHT query ends without the target', () => {
     // Q's table stays as it is now: an identify push from N2 would otherwise put N2 back before the
     // query starts, and the query alone would find T (seen in CI).
     table(q).add = async () => {}
-    // N1 may have heard of N2 from Q's answers to its own queries; then the query would go on to N2.
+    // Q's own queries may have asked N2 already and heard of T (and dialled it): forget T too.
+    await table(q).remove(t.peerId)
+    await q.libp2p.hangUp(t.peerId)
+    await q.libp2p.peerStore.delete(t.peerId)
+    // N1 may have heard of N2 (and T) from Q's answers to its own queries; then the query would go on.
     for (const peer of [n2.peerId, t.peerId]) {
       await table(n1).remove(peer)
+      await n1.libp2p.hangUp(peer)
       await n1.libp2p.peerStore.delete(peer)
     }
     assert.equal(await n1.libp2p.peerStore.has(t.peerId), false, 'N1 must not know T')
     assert.equal(await n1.libp2p.peerStore.has(n2.peerId), false, 'N1 must not know N2')
+    assert.equal(await q.libp2p.peerStore.has(t.peerId), false, 'Q must not know T')
+    assert.deepEqual([...table(q).kb.toIterable()].map((c: any) => c.peerId.toString()), [n1.peerId.toString()], 'Q\'s table holds N1 alone')
 
     const found = await q.findPeer(t.peerId, { signal: AbortSignal.timeout(LOOKUP_TIMEOUT) })
     assertFound(found, t, 'T\'s listen address was found')
