@@ -20,6 +20,7 @@ import { didFromPeerId } from '../identity/did-key.ts'
 import { signingKey } from '../identity/signing-key.ts'
 import { membership } from '../protocols/membership.ts'
 import { revocationSync } from '../protocols/revocations.ts'
+import { sha256OnceHasher, withStreamingBitswap } from './bitswap-stream.ts'
 import { meshBlockRouting } from './block-routing.ts'
 import { dhtProtocol, gossipProtocols, libp2pOptions, protocolPrefix } from './libp2p.ts'
 import { UserError } from './errors.ts'
@@ -148,6 +149,8 @@ export class MeshNode {
       blockstore: this.blockstore,
       datastore: this.datastore,
       codecs: [dagCbor, dagJson, json],
+      // Verifies a block bitswap has just hashed without hashing it again (bitswap-stream.ts).
+      hashers: [sha256OnceHasher],
       // Bitswap asks connected peers first and the DHT only when they do not answer (block-routing.ts).
       routers: [meshBlockRouting(() => this.helia.libp2p)]
     })
@@ -163,7 +166,8 @@ export class MeshNode {
     // Bitswap keeps its standard protocol ID: @helia/bitswap 4 dials `/ipfs/bitswap/1.2.0` whatever
     // it is told to handle. Peers of other networks are hung up on, and in a community network the
     // membership gate covers it.
-    this.helia = withBitswap(withLibp2pLight(helia, options), BITSWAP_OPTIONS) as HeliaWithLibp2p<MeshServices>
+    // Its holder streams blocks as it reads them (bitswap-stream.ts).
+    this.helia = withStreamingBitswap(withBitswap(withLibp2pLight(helia, options), BITSWAP_OPTIONS)) as HeliaWithLibp2p<MeshServices>
     for (const [name, factory] of init.features ?? []) {
       this.features.set(name, factory(this, { repoPath: init.repoPath, config: init.config }))
     }
