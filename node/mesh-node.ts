@@ -166,7 +166,8 @@ export class MeshNode {
     // Bitswap keeps its standard protocol ID: @helia/bitswap 4 dials `/ipfs/bitswap/1.2.0` whatever
     // it is told to handle. Peers of other networks are hung up on, and in a community network the
     // membership gate covers it.
-    // Its holder streams blocks as it reads them (bitswap-stream.ts).
+    // Mesh streams blocks as it reads them, over one stream per peer, and hashes each arriving block
+    // once (bitswap-stream.ts).
     this.helia = withStreamingBitswap(withBitswap(withLibp2pLight(helia, options), BITSWAP_OPTIONS)) as HeliaWithLibp2p<MeshServices>
     for (const [name, factory] of init.features ?? []) {
       this.features.set(name, factory(this, { repoPath: init.repoPath, config: init.config }))
