@@ -2,7 +2,6 @@
 // policy a private mesh needs: stay inside your network, keep enough peers to stay routable.
 import { once } from 'node:events'
 import { withBitswap } from '@helia/bitswap'
-import { withLibp2pLight } from '@helia/libp2p'
 import * as dagCbor from '@ipld/dag-cbor'
 import * as dagJson from '@ipld/dag-json'
 import { MessageType } from '@libp2p/kad-dht'
@@ -13,7 +12,6 @@ import { FsBlockstore } from 'blockstore-fs'
 import { MemoryBlockstore } from 'blockstore-core'
 import { MemoryDatastore } from 'datastore-core'
 import { FsDatastore } from 'datastore-fs'
-import { createHeliaLight } from 'helia'
 import createMortice from 'mortice'
 import * as json from 'multiformats/codecs/json'
 import { didFromPeerId } from '../identity/did-key.ts'
@@ -22,6 +20,7 @@ import { membership } from '../protocols/membership.ts'
 import { revocationSync } from '../protocols/revocations.ts'
 import { sha256OnceHasher, withStreamingBitswap } from './bitswap-stream.ts'
 import { meshBlockRouting } from './block-routing.ts'
+import { createHelia, withLibp2p } from './helia-light.ts'
 import { dhtProtocol, gossipProtocols, libp2pOptions, protocolPrefix } from './libp2p.ts'
 import { UserError } from './errors.ts'
 import { componentLogger } from './quiet-logger.ts'
@@ -144,7 +143,8 @@ export class MeshNode {
         denyOutboundEncryptedConnection: (peer) => this.isDenied(peer)
       }
     })
-    const helia = createHeliaLight({
+    // Helia without the defaults Mesh never runs (helia-light.ts).
+    const helia = createHelia({
       logger: componentLogger(),
       blockstore: this.blockstore,
       datastore: this.datastore,
@@ -168,7 +168,7 @@ export class MeshNode {
     // membership gate covers it.
     // Mesh streams blocks as it reads them, over one stream per peer, and hashes each arriving block
     // once (bitswap-stream.ts).
-    this.helia = withStreamingBitswap(withBitswap(withLibp2pLight(helia, options), BITSWAP_OPTIONS)) as HeliaWithLibp2p<MeshServices>
+    this.helia = withStreamingBitswap(withBitswap(withLibp2p(helia, options), BITSWAP_OPTIONS)) as HeliaWithLibp2p<MeshServices>
     for (const [name, factory] of init.features ?? []) {
       this.features.set(name, factory(this, { repoPath: init.repoPath, config: init.config }))
     }

@@ -5,11 +5,12 @@
 // another machine would: with both ends on one loop, every transfer is bounded by the CPU that
 // sender and receiver need together, one after the other. With `--reader thread` the benchmark
 // calls these functions on its own thread instead (how figures before this file were taken).
+import { setFlagsFromString } from 'node:v8'
+import { runInNewContext } from 'node:vm'
 import { parentPort } from 'node:worker_threads'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { withBitswap } from '@helia/bitswap'
-import { withLibp2pLight } from '@helia/libp2p'
 import { unixfs } from '@helia/unixfs'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { identify } from '@libp2p/identify'
@@ -17,14 +18,19 @@ import { tcp } from '@libp2p/tcp'
 import { multiaddr } from '@multiformats/multiaddr'
 import { MemoryBlockstore } from 'blockstore-core'
 import { MemoryDatastore } from 'datastore-core'
-import { createHeliaLight } from 'helia'
 import { CID } from 'multiformats/cid'
 import { artifactsOf, readModuleChunks } from '../../node/artifacts.ts'
+import { createHelia, withLibp2p } from '../../node/helia-light.ts'
 import { nodeFeatures } from '../../node/features.ts'
 import { MeshNode } from '../../node/mesh-node.ts'
 import type { HeliaWithLibp2p } from '@helia/libp2p'
 
 const MB = 1024 * 1024
+
+// A full collection on demand (V8's gc(), exposed without a command-line flag), so every measured
+// transfer starts from a collected heap instead of paying for whatever the previous one left.
+setFlagsFromString('--expose-gc')
+export const collectGarbage = runInNewContext('gc') as () => void
 
 export type ReaderRequest =
   /** Listening addresses (with /p2p/) of the benchmark's Mesh node A and plain Helia node. */
@@ -33,6 +39,8 @@ export type ReaderRequest =
   | { type: 'read', kind: 'mesh' | 'helia', cid: string, size: number, timeoutMs: number }
   /** artifacts.fetch end to end (resolve, fetch, SHA-256, pin), then remove it again. */
   | { type: 'fetch', manifest: string, size: number, timeoutMs: number }
+  /** A full garbage collection on this thread, before a measured transfer. */
+  | { type: 'gc' }
   | { type: 'close' }
 
 export type ReaderReply =
@@ -40,6 +48,7 @@ export type ReaderReply =
   /** cpuMs: CPU time of this thread during the read (the receiving end's work, GC helpers aside). */
   | { type: 'read', ttfbMs: number, mbps: number, cpuMs: number }
   | { type: 'fetched', mbps: number }
+  | { type: 'collected' }
   | { type: 'closed' }
   | { type: 'error', message: string }
 
@@ -56,7 +65,7 @@ async function setup (meshAddr: string, heliaAddr: string): Promise<void> {
   const mesh = new MeshNode({ privateKey: await generateKeyPair('Ed25519'), features: nodeFeatures, config: {}, minPeers: 1, bootstrap: [meshAddr] })
   await mesh.start()
   const store = new MemoryBlockstore()
-  const helia = withBitswap(withLibp2pLight(createHeliaLight({ blockstore: store, datastore: new MemoryDatastore() }), {
+  const helia = withBitswap(withLibp2p(createHelia({ blockstore: store, datastore: new MemoryDatastore() }), {
     addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] },
     transports: [tcp()],
     connectionEncrypters: [noise()],
@@ -136,6 +145,7 @@ export async function handle (request: ReaderRequest): Promise<ReaderReply> {
     case 'setup': await setup(request.mesh, request.helia); return { type: 'ready' }
     case 'read': return { type: 'read', ...await read(request.kind, request.cid, request.size, request.timeoutMs) }
     case 'fetch': return { type: 'fetched', ...await fetchArtifact(request.manifest, request.size, request.timeoutMs) }
+    case 'gc': collectGarbage(); return { type: 'collected' }
     case 'close': {
       const r = readers
       readers = undefined

@@ -11,8 +11,10 @@
 // - transfer: A stores random bytes as artifacts.ts stores a module (storeModule: UnixFS profile
 //           unixfs-v1-2025), a reading MeshNode fetches them over bitswap as artifacts.ts reads
 //           one (readModuleChunks); and the same bytes between two plain Helia nodes
-//           (createHeliaLight + libp2p with TCP/Noise/yamux/identify, @helia/bitswap and
-//           @helia/unixfs defaults). Also `artifacts.fetch` end to end (resolve, fetch, SHA-256,
+//           (Helia's createHeliaLight and withLibp2pLight, loaded as Mesh loads them so neither
+//           side's threads carry @helia/libp2p's unused defaults (node/helia-light.ts), with
+//           libp2p on TCP/Noise/yamux/identify and stock @helia/bitswap and @helia/unixfs
+//           defaults). Also `artifacts.fetch` end to end (resolve, fetch, SHA-256,
 //           pin) for sizes the artifact limit allows. The reading nodes of both pairs run in a
 //           worker thread (functions-reader.ts), so each end of a transfer has its own event loop
 //           as two machines would; `--reader thread` puts them on this thread, where a transfer's
@@ -32,25 +34,24 @@ import { Worker } from 'node:worker_threads'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { withBitswap } from '@helia/bitswap'
-import { withLibp2pLight } from '@helia/libp2p'
 import { unixfs } from '@helia/unixfs'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { identify } from '@libp2p/identify'
 import { tcp } from '@libp2p/tcp'
 import { MemoryBlockstore } from 'blockstore-core'
 import { MemoryDatastore } from 'datastore-core'
-import { createHeliaLight } from 'helia'
 import { buildWasmFixtures } from '../build-wasm-fixtures.ts'
 import { artifactsOf, storeModule } from '../../node/artifacts.ts'
 import { nodeFeatures } from '../../node/features.ts'
 import { functionsOf } from '../../node/functions.ts'
+import { createHelia, withLibp2p } from '../../node/helia-light.ts'
 import { MeshNode } from '../../node/mesh-node.ts'
 import { Repo } from '../../node/repo.ts'
 import { createWasmRuntime } from '../../node/wasm/runtime.ts'
 import { MAX_ARTIFACT_BYTES } from '../../registry/artifact.ts'
 import { MB } from './lib/process.ts'
 import { mapLimit, median, percentile, round, table } from './lib/stats.ts'
-import { handle } from './functions-reader.ts'
+import { collectGarbage, handle } from './functions-reader.ts'
 import type { ReaderReply, ReaderRequest } from './functions-reader.ts'
 import type { HeliaWithLibp2p } from '@helia/libp2p'
 import type { CID } from 'multiformats/cid'
@@ -116,8 +117,8 @@ const stores = new Map<HeliaWithLibp2p<any>, MemoryBlockstore>()
 
 async function plainHelia (): Promise<HeliaWithLibp2p> {
   const blockstore = new MemoryBlockstore()
-  const helia = createHeliaLight({ blockstore, datastore: new MemoryDatastore() })
-  const node = withBitswap(withLibp2pLight(helia, {
+  const helia = createHelia({ blockstore, datastore: new MemoryDatastore() })
+  const node = withBitswap(withLibp2p(helia, {
     addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] },
     transports: [tcp()],
     connectionEncrypters: [noise()],
@@ -270,6 +271,11 @@ async function main (): Promise<void> {
       const meshCid = await storeModule(unixfs(a.helia), bytes)
       const heliaCid = await unixfs(p1).addBytes(bytes)
       const runs = (['mesh', 'helia'] as const).map(kind => async () => {
+        // Both threads start each transfer collected: the bytes just generated and stored, and the
+        // other pair's transfer, leave garbage whose collection would otherwise land in whichever
+        // transfer comes next (Mesh went first in 3 of 5 rounds, and paid for it).
+        collectGarbage()
+        await reader.ask({ type: 'gc' })
         const cpu = process.threadCpuUsage()
         const t = await reader.ask({ type: 'read', kind, cid: (kind === 'mesh' ? meshCid : heliaCid).toString(), size, timeoutMs: STALL_MS * 4 })
         const used = process.threadCpuUsage(cpu)
