@@ -4,11 +4,11 @@ import { gossipsub } from '@libp2p/gossipsub'
 import { identify, identifyPush } from '@libp2p/identify'
 import { kadDHT, passthroughMapper } from '@libp2p/kad-dht'
 import { ping } from '@libp2p/ping'
-import { tcp } from '@libp2p/tcp'
 import { END_RECORD_NAMESPACE, endRecordSelector, endRecordValidator } from '../registry/dht-record.ts'
 import { cacheEd25519Verification } from './ed25519-verify.ts'
 import { meshNoise } from './noise.ts'
 import { componentLogger } from './quiet-logger.ts'
+import { tcp } from './tcp.ts'
 import { meshYamux } from './yamux.ts'
 import type { GossipSub } from '@libp2p/gossipsub'
 import type { Identify, IdentifyPush } from '@libp2p/identify'
@@ -140,6 +140,7 @@ export function libp2pOptions (init: Libp2pInit): Libp2pOptions<MeshServices> {
     connectionGater: init.connectionGater,
     metrics: init.metrics,
     addresses: { listen: init.listen },
+    // TCP with one writev per connection per tick (tcp.ts).
     transports: init.transports ?? [tcp()],
     // Noise, with session keys imported into node:crypto once and frame lengths read without a
     // throw per chunk (noise.ts).

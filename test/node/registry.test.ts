@@ -212,26 +212,28 @@ describe('allocation over links of different latency (in-process nodes on @libp2
   const started: MeshNode[] = []
   after(async () => { await Promise.all(started.map(async n => n.stop())) })
 
-  it('picks the lowest-latency eligible node, and the latency bound excludes slow links', async () => {
+  const tag = Math.random().toString(36).slice(2)
+  // The memory transport delays both directions of a connection by the latency of the node that
+  // listened for it; Q dials everyone, so the RTT from Q to a node is about 2 × that node's latency.
+  const make = async (name: string, region: string, latency: number, bootstrap: string[] = [], descriptors: Record<string, unknown> = {}): Promise<MeshNode> => {
     const { memory } = await import('@libp2p/memory')
-    const { descriptorsFeature, descriptorsOf } = await import('../../node/descriptors.ts')
-    const tag = Math.random().toString(36).slice(2)
-    // The memory transport delays both directions of a connection by the latency of the node that
-    // listened for it; Q dials everyone, so the RTT from Q to a node is about 2 × that node's latency.
-    const make = async (name: string, region: string, latency: number, bootstrap: string[] = []): Promise<MeshNode> => {
-      const node = new MeshNode({
-        privateKey: await generateKeyPair('Ed25519'),
-        region,
-        listen: [`/memory/${tag}-${name}`],
-        bootstrap,
-        transports: [memory({ latency })],
-        features: [['descriptors', descriptorsFeature]],
-        config: { descriptors: { pingIntervalMs: 500, slots: 8 } }
-      })
-      started.push(node)
-      await node.start()
-      return node
-    }
+    const { descriptorsFeature } = await import('../../node/descriptors.ts')
+    const node = new MeshNode({
+      privateKey: await generateKeyPair('Ed25519'),
+      region,
+      listen: [`/memory/${tag}-${name}`],
+      bootstrap,
+      transports: [memory({ latency })],
+      features: [['descriptors', descriptorsFeature]],
+      config: { descriptors: { pingIntervalMs: 500, slots: 8, ...descriptors } }
+    })
+    started.push(node)
+    await node.start()
+    return node
+  }
+
+  it('picks the lowest-latency eligible node, and the latency bound excludes slow links', async () => {
+    const { descriptorsOf } = await import('../../node/descriptors.ts')
     const far = await make('far', 'eu-west', 30)
     const near = await make('near', 'eu-west', 2)
     const mid = await make('mid', 'eu-west', 12)
@@ -263,5 +265,22 @@ describe('allocation over links of different latency (in-process nodes on @libp2
       assert.match(bounded.explanation, new RegExp(`latency <= ${bound} ms: excluded 1 of the remaining 3`))
       assert.deepEqual(bounded.candidates.map(c => c.did), [near.did, mid.did])
     }
+  })
+
+  it('keeps the nearest holder of each accelerator kind warm before any allocation asks for one', async () => {
+    const { descriptorsOf } = await import('../../node/descriptors.ts')
+    const { leaseProtocol } = await import('../../protocols/lease.ts')
+    const seed = await make('warm-seed', 'eu-west', 1)
+    const gpu = await make('warm-gpu', 'eu-west', 5, [`/memory/${tag}-warm-seed`], { accelerators: [{ kind: 'gpu', model: 'L4', memoryMb: 24_576 }] })
+    const q = await make('warm-q', 'eu-west', 1, [`/memory/${tag}-warm-seed`])
+    const registry = descriptorsOf(q)
+    const leaseStreamTo = (node: MeshNode): boolean => q.libp2p.getConnections(node.libp2p.peerId)
+      .some(c => c.streams.some(s => s.protocol === leaseProtocol(q.network)))
+    // Q has allocated nothing; only anticipation opens a lease stream (probes and gossip do not).
+    await waitFor('Q to open a lease stream to the GPU node', () => leaseStreamTo(gpu), 30_000)
+    assert.equal(leaseStreamTo(seed), false, 'a node with no accelerator is not warmed')
+    const out = await registry.allocate({ constraints: parseConstraints('accelerator = gpu') })
+    assert.ok(out.ok, JSON.stringify(out))
+    assert.equal(out.chosen[0].did, gpu.did)
   })
 })
