@@ -49,7 +49,7 @@ function coalescing (upgrader: Upgrader): Upgrader {
 function coalesceWrites (maConn: { socket?: unknown, sendData?: (data: unknown) => unknown }): void {
   const socket = maConn.socket
   const sendData = maConn.sendData
-  if (!(socket instanceof Socket) || typeof sendData !== 'function' || process.env.NOCORK === '1') return
+  if (!(socket instanceof Socket) || typeof sendData !== 'function') return
   let corked = false
   const uncork = (): void => {
     corked = false
