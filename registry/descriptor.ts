@@ -22,6 +22,7 @@ import type { Coordinate } from './vivaldi.ts'
 export const END_CONTEXT = 'https://mesh.dev/ns/end/v1'
 export const END_TYPE = 'EdgeNodeDescriptor'
 export const SIGNING_DOMAIN = 'mesh/end/v1\n'
+const SIGNING_DOMAIN_BYTES = new TextEncoder().encode(SIGNING_DOMAIN)
 /** Descriptors travel in gossip and DHT records; anything bigger than this is refused unread. */
 export const MAX_DESCRIPTOR_BYTES = 64 * 1024
 export const DEFAULT_TTL_MS = 10 * 60 * 1000
@@ -110,8 +111,17 @@ export function validateDescriptor (value: unknown): asserts value is EdgeNodeDe
   if (Date.parse(d.expires) <= Date.parse(d.issued)) throw new DescriptorError('schema', 'invalid descriptor: expires is not after issued')
 }
 
+/**
+ * Keys already derived, by `did peerId`: deriving one (base58 decode, a peer ID and its CID) cost
+ * more than the signature check, and every republished descriptor of a node names the same pair.
+ */
+const derivedKeys = new Map<string, Uint8Array>()
+
 /** The descriptor's key, from its DID; also checks that peerId names the same key. */
 function keyOf (d: EdgeNodeDescriptor): Uint8Array {
+  const pair = `${d.id} ${d.peerId}`
+  const known = derivedKeys.get(pair)
+  if (known !== undefined) return known
   let raw: Uint8Array
   try {
     raw = ed25519FromDidKey(d.id)
@@ -121,6 +131,8 @@ function keyOf (d: EdgeNodeDescriptor): Uint8Array {
     const why = err instanceof InvalidDidError ? err.message : 'not an Ed25519 public key'
     throw new DescriptorError('wrong-key', `descriptor id names no usable key: ${why}`)
   }
+  if (derivedKeys.size >= MAX_KEY_OBJECTS) derivedKeys.delete(derivedKeys.keys().next().value!)
+  derivedKeys.set(pair, raw)
   return raw
 }
 
@@ -151,7 +163,7 @@ function signingInput (d: EdgeNodeDescriptor): Uint8Array {
     // e.g. a field present but `undefined`, which JSON Schema lets through and CBOR cannot carry.
     throw new DescriptorError('schema', `descriptor is not encodable: ${(err as Error).message}`)
   }
-  const domain = new TextEncoder().encode(SIGNING_DOMAIN)
+  const domain = SIGNING_DOMAIN_BYTES
   const out = new Uint8Array(domain.length + body.length)
   out.set(domain)
   out.set(body, domain.length)
