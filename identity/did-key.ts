@@ -36,9 +36,23 @@ export function ed25519FromDidKey (did: string): Uint8Array {
   return bytes.subarray(2)
 }
 
+/**
+ * DIDs already derived, by peer ID string (which a PeerId caches): a node derives the DID of the
+ * peer behind every probe, stream and message it checks, and each is a base58 encode. Bounded.
+ */
+const didsByPeer = new Map<string, string>()
+const MAX_DIDS_BY_PEER = 4096
+
 export function didFromPeerId (peerId: PeerId): string {
   if (peerId.type !== 'Ed25519') throw new InvalidDidError(`peer ${peerId} has a ${peerId.type} key; Mesh DIDs need Ed25519`)
-  return didKeyFromEd25519(peerId.publicKey.raw)
+  const key = peerId.toString()
+  let did = didsByPeer.get(key)
+  if (did === undefined) {
+    did = didKeyFromEd25519(peerId.publicKey.raw)
+    if (didsByPeer.size >= MAX_DIDS_BY_PEER) didsByPeer.delete(didsByPeer.keys().next().value!)
+    didsByPeer.set(key, did)
+  }
+  return did
 }
 
 export function peerIdFromDid (did: string): PeerId {
