@@ -607,11 +607,15 @@ export const descriptorsFeature: FeatureFactory = (node, init) => {
     // A peer that sent none (libp2p ping) is placed where its descriptor last said it was.
     const remote = coordinate ?? store.get(did)?.descriptor.latency.coordinate
     if (remote == null) return
+    const lost = vivaldi.coordinate().error > NEAR_MIN_CONFIDENCE
     try {
       vivaldi.observe(did, remote as Coordinate, rttMs)
     } catch {
       drop('bad-coordinate')
     }
+    // A node that has just found where it is can tell near candidates from far ones: look at the
+    // warm set again now, not at the next warm check (keepWarm warmed the first few blindly).
+    if (lost && vivaldi.coordinate().error <= NEAR_MIN_CONFIDENCE) warmSoon()
   }
 
   async function pullFrom (peer: PeerId): Promise<{ received: number, accepted: number }> {

@@ -206,7 +206,8 @@ export function vivaldiEstimator (init?: Partial<VivaldiConfig> & { coordinate?:
   let adjustmentIndex = 0
 
   return {
-    coordinate: () => structuredClone(local),
+    // A copy (callers keep and publish it), made by hand: structuredClone was most of its cost.
+    coordinate: () => ({ ...local, vec: [...local.vec] }),
     estimate: remote => estimateRtt(local, remote),
     forget: peer => { filters.delete(peer) },
     observe (peer, remote, rttMs) {
