@@ -6,6 +6,14 @@
 //   varUint 0 (sync)      | varUint 2 (update) | varUint8Array Yjs update
 //   varUint 1 (awareness) | varUint8Array awareness update
 // Messages are signed (gossipsub StrictSign), so `from` is the peer that wrote them, whoever relayed.
+// One more, Mesh's own, for a large local update (over `inlineUpdateBytes`):
+//   varUint 100 (notice) | varUint8Array state vector of the update
+// The update's bytes do not ride the gossip: a node that lacks them runs a sync session with the
+// peer that passed it the notice (which has them: it passes a notice on only once it holds what
+// the notice names), then passes the notice on. A node gets each update's bytes once, not once per
+// mesh peer: gossipsub's IDONTWANT comes too late when every mesh peer forwards at once, and at 50
+// nodes each receiver got ~7 copies of every 7 KB batch. This is the lazy push of Plumtree
+// (Leitão et al.) and of gossipsub's own IHAVE/IWANT, without waiting for a heartbeat.
 //
 // Stream `/mesh/<network>/doc-sync/1.0.0`: frames of varUint length | body. The initiator sends a
 // header frame (varUint version = 1, varUint budget in bytes, 0 = unlimited), then per document
@@ -40,6 +48,7 @@ const SYNC_STEP1 = 0
 const SYNC_STEP2 = 1
 const SYNC_UPDATE = 2
 const SYNC_SNAPSHOT = 3
+const MESSAGE_NOTICE = 100
 const FLAG_SNAPSHOTS = 1
 const STREAM_VERSION = 1
 const DOC_ID = /^[a-z0-9][a-z0-9._-]{0,127}$/
@@ -110,6 +119,11 @@ export interface DocSyncInit {
   peerZone?: (peer: PeerId) => string | undefined
   /** Offer a snapshot instead of the whole state only when it is at least this big. Default 64 KiB. */
   snapshotMinBytes?: number
+  /**
+   * A local update larger than this goes on gossip as a notice, and its bytes are fetched over the
+   * sync stream (see the top of this file). Default 4 KiB; Infinity sends every update whole.
+   */
+  inlineUpdateBytes?: number
   /** Largest repair learned from a sync that is passed on over gossip. Default 256 KiB. */
   maxRelayBytes?: number
   /** Largest snapshot fetched. Default 256 MiB. */
@@ -128,8 +142,12 @@ export type UpdateListener = (update: Uint8Array, origin: UpdateOrigin) => void
 export interface DocSyncStats {
   /** Messages and frames refused, by reason. */
   dropped: Record<string, number>
-  /** `batchedUpdates`: local updates that went out, in `published` messages (or syncs). */
-  gossip: { received: number, published: number, publishFailed: number, batchedUpdates: number }
+  /**
+   * `batchedUpdates`: local updates that went out, in `published` messages (or syncs); `notices`:
+   * published messages that were notices of a large update; `fetches`: sessions run to fetch what
+   * a received notice named.
+   */
+  gossip: { received: number, published: number, publishFailed: number, batchedUpdates: number, notices: number, fetches: number }
   sync: { sessions: number, failed: number, bytesSent: number, bytesReceived: number, updatesApplied: number, updateBytesReceived: number, relayed: number }
   snapshot: { offered: number, fetched: number, fetchFailed: number, bytesFetched: number }
   antiEntropy: { rounds: number, sessions: number, repaired: number, deferred: number }
@@ -204,6 +222,7 @@ interface OpenDoc {
 type Parsed =
   | { kind: 'update', update: Uint8Array }
   | { kind: 'awareness', update: Uint8Array }
+  | { kind: 'notice', sv: Map<number, number> }
 
 interface SessionResult { sent: number, received: number, repaired: number, deferred: number }
 
@@ -233,6 +252,7 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
   const snapshotMinBytes = init.snapshotMinBytes ?? 64 * 1024
   const maxSnapshotBytes = init.maxSnapshotBytes ?? 256 * 1024 * 1024
   const maxRelayBytes = Math.min(init.maxRelayBytes ?? 256 * 1024, maxMessageBytes - 16)
+  const inlineUpdateBytes = init.inlineUpdateBytes ?? 4 * 1024
   const snapshots = new Map<string, SnapshotRef>()
   /** Snapshot fetches in flight, by CID: two sessions offering the same one fetch it once. */
   const fetching = new Map<string, Promise<Uint8Array>>()
@@ -257,7 +277,7 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
 
   const stats: DocSyncStats = {
     dropped: {},
-    gossip: { received: 0, published: 0, publishFailed: 0, batchedUpdates: 0 },
+    gossip: { received: 0, published: 0, publishFailed: 0, batchedUpdates: 0, notices: 0, fetches: 0 },
     sync: { sessions: 0, failed: 0, bytesSent: 0, bytesReceived: 0, updatesApplied: 0, updateBytesReceived: 0, relayed: 0 },
     snapshot: { offered: 0, fetched: 0, fetchFailed: 0, bytesFetched: 0 },
     antiEntropy: { rounds: 0, sessions: 0, repaired: 0, deferred: 0 },
@@ -345,6 +365,10 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
         parsed = { kind: 'update', update: decoding.readVarUint8Array(d) }
       } else if (type === MESSAGE_AWARENESS) {
         parsed = { kind: 'awareness', update: decoding.readVarUint8Array(d) }
+      } else if (type === MESSAGE_NOTICE) {
+        const sv = Y.decodeStateVector(decoding.readVarUint8Array(d))
+        if (sv.size === 0) throw new Dropped('malformed')
+        parsed = { kind: 'notice', sv }
       } else {
         throw new Dropped('unexpected-message')
       }
@@ -363,7 +387,7 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
     return DOC_ID.test(id) ? id : undefined
   }
 
-  async function validateGossip (msg: Message): Promise<'accept' | 'reject' | 'ignore'> {
+  async function validateGossip (msg: Message, source: PeerId): Promise<'accept' | 'reject' | 'ignore'> {
     const docId = docIdOfTopic(msg.topic)
     if (docId == null || !open.has(docId)) return 'ignore'
     try {
@@ -379,6 +403,16 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
         // relay of the same repair reaching every node (at 50 nodes: ~1,000 deliveries of 25 KB
         // updates, each decoded and applied, most of the heal's CPU).
         return applyRemote(entry, parsed.update, new RemoteOrigin(msg.from.toString(), 'gossip')) ? 'accept' : 'ignore'
+      } else if (parsed.kind === 'notice') {
+        const entry = open.get(docId)!
+        if (!zoneAllows(docId, msg.from)) throw new Dropped('zone')
+        if (!(await mayShare(docId, msg.from))) throw new Dropped('unauthorized')
+        if (!isWriter(docId, msg.from)) throw new Dropped('not-writer')
+        stats.gossip.received++
+        // Old news goes no further, as with updates; news is passed on once it is here.
+        if (holds(entry, parsed.sv)) return 'ignore'
+        await fetchNoticed(entry, source, parsed.sv)
+        return holds(entry, parsed.sv) ? 'accept' : 'ignore'
       } else {
         if (parsed.update.length === 0) throw new Dropped('malformed')
         if (!zoneAllows(docId, msg.from)) throw new Dropped('zone')
@@ -389,6 +423,31 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
     } catch (err) {
       drop(err instanceof Dropped ? err.reason : 'malformed')
       return 'reject'
+    }
+  }
+
+  /** Whether the document has every struct a state vector names. */
+  function holds (entry: OpenDoc, sv: Map<number, number>): boolean {
+    for (const [client, clock] of sv) if (Y.getState(entry.doc.store, client) < clock) return false
+    return true
+  }
+
+  /**
+   * Fetches what a notice names from the peer that passed it on: one session per peer and document
+   * at a time (a burst of notices from one peer shares it), and one more if the update arrived at
+   * that peer after the running session had asked. Not relayed: the notice is.
+   */
+  const noticeFetches = new Map<string, Promise<void>>()
+  async function fetchNoticed (entry: OpenDoc, peer: PeerId, sv: Map<number, number>): Promise<void> {
+    for (let round = 0; round < 2 && !holds(entry, sv); round++) {
+      const key = `${peer.toString()} ${entry.id}`
+      let running = noticeFetches.get(key)
+      if (running == null) {
+        stats.gossip.fetches++
+        running = runSession(peer, [entry.id], 0, { relay: false }).then(() => {}, () => {}).finally(() => noticeFetches.delete(key))
+        noticeFetches.set(key, running)
+      }
+      await running
     }
   }
 
@@ -488,6 +547,17 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
       encoding.writeVarUint(e, SYNC_UPDATE)
       encoding.writeVarUint8Array(e, update)
     })
+    if (entry.gossip && pubsub != null && update.length > inlineUpdateBytes && init.writers?.(entry.id) == null && Y.decodeUpdate(update).ds.clients.size === 0) {
+      // A notice names structs, not deletions, and a fetch from a reader brings nothing: updates
+      // that delete, and documents with named writers, always travel whole.
+      stats.gossip.notices++
+      await publish(entry, encodeMessage(e => {
+        encoding.writeVarUint(e, MESSAGE_NOTICE)
+        // Not encodeStateVectorFromUpdate: it names only clients whose structs start at clock 0.
+        encoding.writeVarUint8Array(e, encodeStateVector(Y.parseUpdateMeta(update).to))
+      }))
+      return
+    }
     if (entry.gossip && pubsub != null && message.length <= maxMessageBytes) {
       await publish(entry, message)
       return
@@ -568,7 +638,7 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
     }
     open.set(docId, entry)
     if (entry.gossip && pubsub != null) {
-      pubsub.topicValidators.set(entry.topic, async (_from, msg) => validateGossip(msg) as any)
+      pubsub.topicValidators.set(entry.topic, async (from, msg) => validateGossip(msg, from) as any)
       // Gossipsub refuses subscriptions before it starts; start() subscribes the rest.
       if (started) pubsub.subscribe(entry.topic)
     }
@@ -654,7 +724,7 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
   }
 
   /** Runs one session as initiator. Returns the update bytes moved and documents repaired. */
-  async function runSession (peer: PeerId, docIds: string[], budget: number): Promise<SessionResult> {
+  async function runSession (peer: PeerId, docIds: string[], budget: number, options: { relay?: boolean } = {}): Promise<SessionResult> {
     const shared: OpenDoc[] = []
     for (const id of docIds) {
       const entry = open.get(id)
@@ -669,6 +739,7 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
       return result
     }
     const session = new Session(stream, peer, budget, result)
+    session.relay = options.relay ?? true
     const retried = shared.filter(e => noSnapshot.has(e.id)).map(e => e.id)
     session.snapshots = components.snapshots != null && retried.length === 0
     for (const id of retried) noSnapshot.delete(id)
@@ -751,6 +822,8 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
     readonly result: SessionResult
     /** Whether snapshots may be offered and fetched in this session (the initiator's flag). */
     snapshots = false
+    /** Whether what this end learns is passed on over gossip (relayRepair). */
+    relay = true
     private readonly timeout: ReturnType<typeof setTimeout>
 
     constructor (stream: Stream, peer: PeerId, budget: number, result: SessionResult) {
@@ -877,7 +950,7 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
           const fresh = admitted.doc.store.clients.size === 0
           if (applyRemote(admitted, payload, new RemoteOrigin(this.peer.toString(), 'sync'))) {
             this.result.repaired++
-            if (!fresh) relayRepair(admitted, payload)
+            if (!fresh && this.relay) relayRepair(admitted, payload)
           }
         } catch (err) {
           // A refused update is counted, and the rest of the session goes on.
@@ -1080,6 +1153,16 @@ function readOrDrop<T> (read: () => T): T {
   } catch {
     throw new Dropped('malformed')
   }
+}
+
+function encodeStateVector (sv: Map<number, number>): Uint8Array {
+  return encodeMessage(e => {
+    encoding.writeVarUint(e, sv.size)
+    for (const [client, clock] of sv) {
+      encoding.writeVarUint(e, client)
+      encoding.writeVarUint(e, clock)
+    }
+  })
 }
 
 function docFrame (docId: string, step: number, payload: Uint8Array): Uint8Array {

@@ -196,6 +196,46 @@ describe('document sync', () => {
     await converged([a, b, c], 'shared')
   })
 
+  it('a large update goes on gossip as a notice; each node fetches its bytes from whoever passed the notice on', async () => {
+    // A line: X - Y - Z. Z hears of X's update only from Y, so it can have it only if Y fetched it
+    // before passing the notice on, and fetched it from Y.
+    const [x, y, z] = [await makeNode(), await makeNode(), await makeNode()]
+    await connect(x, y)
+    await connect(y, z)
+    for (const n of [x, y, z]) await n.sync.open('big')
+    await meshed([x, y], 'big')
+    await meshed([y, z], 'big')
+    await x.sync.transact('big', d => { for (let i = 0; i < 400; i++) d.getMap('m').set(`key-${i}`, `value-${i}`) })
+    await converged([x, y, z], 'big', d => d.getMap('m').size === 400)
+    assert.equal(x.sync.stats.gossip.notices, 1, 'the update went out as one notice')
+    assert.ok(y.sync.stats.gossip.fetches >= 1 && z.sync.stats.gossip.fetches >= 1, 'Y and Z fetched it')
+    assert.ok(z.sync.stats.sync.updateBytesReceived > 4096, 'Z got the bytes over the sync stream')
+    assert.equal(y.sync.stats.sync.relayed, 0, 'a fetched update is not relayed again: the notice was passed on')
+
+    // A notice that names structs its sender does not have: Z asks Y, learns nothing, drops it.
+    const zDoc = await z.sync.open('big')
+    const before = JSON.stringify(state(zDoc))
+    const fetches = z.sync.stats.gossip.fetches
+    const notice = (sv: Array<[number, number]>): Uint8Array => {
+      const e = encoding.createEncoder()
+      encoding.writeVarUint(e, 100)
+      const inner = encoding.createEncoder()
+      encoding.writeVarUint(inner, sv.length)
+      for (const [client, clock] of sv) { encoding.writeVarUint(inner, client); encoding.writeVarUint(inner, clock) }
+      encoding.writeVarUint8Array(e, encoding.toUint8Array(inner))
+      return encoding.toUint8Array(e)
+    }
+    await y.libp2p.services.pubsub!.publish(y.sync.topic('big'), notice([[123456, 1_000_000]]))
+    await waitFor('Z to ask Y for what the notice names', () => z.sync.stats.gossip.fetches > fetches)
+    const malformed = z.sync.stats.dropped.malformed ?? 0
+    await y.libp2p.services.pubsub!.publish(y.sync.topic('big'), notice([]))
+    await waitFor('an empty notice counted', () => (z.sync.stats.dropped.malformed ?? 0) > malformed)
+    assert.equal(JSON.stringify(state(zDoc)), before, 'nothing reached the document')
+    await x.sync.transact('big', d => { d.getMap('m').set('after', true) })
+    await waitFor('Z to keep replicating', () => zDoc.getMap('m').get('after') === true)
+    for (const n of [x, y, z]) await n.stop()
+  })
+
   it('malformed and oversized messages are dropped and counted; the document is untouched', async () => {
     const mallory = await makeNode()
     await connect(mallory, a)
