@@ -540,7 +540,6 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
     }
   }
 
-  /** Sends a local update to the document's peers; called once the update is on disk. */
   /**
    * The notice that stands for a large update on gossip, or undefined if it must travel whole: a
    * notice names structs, not deletions, and a fetch from a reader brings nothing, so updates that
@@ -557,17 +556,18 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
     })
   }
 
+  /** Sends a local update to the document's peers; called once the update is on disk. */
   async function share (entry: OpenDoc, update: Uint8Array): Promise<void> {
-    const message = encodeMessage(e => {
-      encoding.writeVarUint(e, MESSAGE_SYNC)
-      encoding.writeVarUint(e, SYNC_UPDATE)
-      encoding.writeVarUint8Array(e, update)
-    })
     const notice = noticeFor(entry, update)
     if (notice != null) {
       await publish(entry, notice)
       return
     }
+    const message = encodeMessage(e => {
+      encoding.writeVarUint(e, MESSAGE_SYNC)
+      encoding.writeVarUint(e, SYNC_UPDATE)
+      encoding.writeVarUint8Array(e, update)
+    })
     if (entry.gossip && pubsub != null && message.length <= maxMessageBytes) {
       await publish(entry, message)
       return
