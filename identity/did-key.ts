@@ -4,6 +4,7 @@ import { createPublicKey } from 'node:crypto'
 import { publicKeyFromRaw } from '@libp2p/crypto/keys'
 import { peerIdFromPublicKey, peerIdFromString } from '@libp2p/peer-id'
 import { base58btc } from 'multiformats/bases/base58'
+import { BoundedCache } from './verification-cache.ts'
 import type { PeerId } from '@libp2p/interface'
 import type { KeyObject } from 'node:crypto'
 
@@ -38,10 +39,9 @@ export function ed25519FromDidKey (did: string): Uint8Array {
 
 /**
  * DIDs already derived, by peer ID string (which a PeerId caches): a node derives the DID of the
- * peer behind every probe, stream and message it checks, and each is a base58 encode. Bounded.
+ * peer behind every probe, stream and message it checks, and each is a base58 encode.
  */
-const didsByPeer = new Map<string, string>()
-const MAX_DIDS_BY_PEER = 4096
+const didsByPeer = new BoundedCache<string, string>({ maxEntries: 4096 })
 
 export function didFromPeerId (peerId: PeerId): string {
   if (peerId.type !== 'Ed25519') throw new InvalidDidError(`peer ${peerId} has a ${peerId.type} key; Mesh DIDs need Ed25519`)
@@ -49,7 +49,6 @@ export function didFromPeerId (peerId: PeerId): string {
   let did = didsByPeer.get(key)
   if (did === undefined) {
     did = didKeyFromEd25519(peerId.publicKey.raw)
-    if (didsByPeer.size >= MAX_DIDS_BY_PEER) didsByPeer.delete(didsByPeer.keys().next().value!)
     didsByPeer.set(key, did)
   }
   return did

@@ -958,16 +958,16 @@ export const descriptorsFeature: FeatureFactory = (node, init) => {
       /** Candidates to keep warm, and how many samples each should have. */
       const targets = new Map<string, { d: EdgeNodeDescriptor, wanted: number }>()
       for (const key of workloads.keys()) if (Date.now() - workloads.get(key)!.at > WARM_FOR_MS) workloads.delete(key)
+      // A node that has just joined knows too little of where it is for estimates to mean
+      // anything (its coordinate's error is high): it warms the first few candidates whatever
+      // their estimates say, and lets the measurements rank them.
+      const lost = vivaldi.coordinate().error > NEAR_MIN_CONFIDENCE
       for (const w of [...workloads.values(), ...anticipated(all)]) {
         // The chosen ones, and the others that might be nearer: estimated (or measured fewer
         // than WARM_SAMPLES times) within twice the count-th best. This runs in the background,
         // so it casts a wider net than an allocation stops for: an estimate is sometimes off by
         // half or more (at 50 nodes, p90 error 90-180%), and a candidate estimated at 1.6x the
         // best was, measured, the nearest.
-        // A node that has just joined knows too little of where it is for estimates to mean
-        // anything (its coordinate's error is high): it warms the first few candidates whatever
-        // their estimates say, and lets the measurements rank them.
-        const lost = vivaldi.coordinate().error > NEAR_MIN_CONFIDENCE
         const candidates = rankAll(all, w.constraints, w.slots)
         const bar = candidates[Math.min(w.count, candidates.length) - 1]?.latencyMs ?? Number.POSITIVE_INFINITY
         candidates.slice(0, w.count + WARM_EXTRA).forEach((c, i) => {

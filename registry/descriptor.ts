@@ -14,6 +14,7 @@ import * as dagCbor from '@ipld/dag-cbor'
 import { Ajv } from 'ajv'
 import addFormatsModule from 'ajv-formats'
 import { didKeyFromEd25519, ed25519FromDidKey, ed25519KeyObject, InvalidDidError, peerIdFromDid } from '../identity/did-key.ts'
+import { BoundedCache } from '../identity/verification-cache.ts'
 import { createCoordinate } from './vivaldi.ts'
 import type { PrivateKey } from '@libp2p/interface'
 import type { KeyObject } from 'node:crypto'
@@ -115,7 +116,7 @@ export function validateDescriptor (value: unknown): asserts value is EdgeNodeDe
  * Keys already derived, by `did peerId`: deriving one (base58 decode, a peer ID and its CID) cost
  * more than the signature check, and every republished descriptor of a node names the same pair.
  */
-const derivedKeys = new Map<string, Uint8Array>()
+const derivedKeys = new BoundedCache<string, Uint8Array>({ maxEntries: 4096 })
 
 /** The descriptor's key, from its DID; also checks that peerId names the same key. */
 function keyOf (d: EdgeNodeDescriptor): Uint8Array {
@@ -131,7 +132,6 @@ function keyOf (d: EdgeNodeDescriptor): Uint8Array {
     const why = err instanceof InvalidDidError ? err.message : 'not an Ed25519 public key'
     throw new DescriptorError('wrong-key', `descriptor id names no usable key: ${why}`)
   }
-  if (derivedKeys.size >= MAX_KEY_OBJECTS) derivedKeys.delete(derivedKeys.keys().next().value!)
   derivedKeys.set(pair, raw)
   return raw
 }
