@@ -150,6 +150,28 @@ describe('Mesh bitswap', () => {
     await stock.libp2p.unhandle('/ipfs/bitswap/1.2.0-test')
   })
 
+  it('a Mesh reader cancels its wants with every peer it sent them to once the blocks came', async () => {
+    // The bystander lacks the file. Stock bitswap (Helia 7) never sends a cancel, so a peer that
+    // lacks the blocks keeps every want it was sent and re-checks them all on each message it gets.
+    const bystander = await heliaNode(false)
+    const ledgers = (holder: HeliaWithLibp2p): Map<unknown, { wants: Map<string, unknown> }> =>
+      (holder as any).blockBrokers.find((b: any) => b.name === 'bitswap').bitswap.peerWantLists.ledgerMap
+    try {
+      await mesh.libp2p.dial(bystander.libp2p.getMultiaddrs()[0])
+      await mesh.libp2p.dial(stock.libp2p.getMultiaddrs()[0])
+      const bytes = randomBytes(3 * MiB + 1)
+      const cid = await storeModule(unixfs(stock), bytes)
+      const got = await readAll(readModuleChunks(unixfs(mesh), cid, { signal: timeout() }))
+      assert.ok(got.equals(bytes))
+      // The bystander did get the wants: the cancels, not a missed want list, empty its ledger.
+      assert.ok(ledgers(bystander).has(mesh.libp2p.peerId), 'the bystander never heard from the reader')
+      const wants = (holder: HeliaWithLibp2p): number => ledgers(holder).get(mesh.libp2p.peerId)?.wants.size ?? 0
+      await waitFor('the bystander and the holder to drop every want', () => wants(bystander) === 0 && wants(stock) === 0, 10_000, 10)
+    } finally {
+      await bystander.stop()
+    }
+  })
+
   it('the hasher hashes bytes bitswap has not seen, honouring truncation', async () => {
     const bytes = randomBytes(1000)
     const before = hasherStats.hashed
