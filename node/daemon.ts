@@ -5,6 +5,7 @@ import { createApi } from './api.ts'
 import { nodeFeatures } from './features.ts'
 import { Community } from './community.ts'
 import { UserError } from './errors.ts'
+import { tuneGarbageCollection } from './gc-tuning.ts'
 import { MeshNode, parseMultiaddr } from './mesh-node.ts'
 import { Repo } from './repo.ts'
 import { libp2pMetrics, useRegistry } from './telemetry.ts'
@@ -41,6 +42,7 @@ export interface Daemon {
 export interface NetworkSummary { id: string, name: string, open: boolean, roots: string[], role: string }
 
 export async function startDaemon (opts: DaemonOptions): Promise<Daemon> {
+  tuneGarbageCollection()
   const repo = new Repo(opts.repo)
   const overrides: Partial<MeshConfig> = {}
   if (opts.listen != null && opts.listen.length > 0) overrides.listen = opts.listen

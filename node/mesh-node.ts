@@ -23,7 +23,6 @@ import { meshBlockRouting } from './block-routing.ts'
 import { createHelia, withLibp2p } from './helia-light.ts'
 import { dhtProtocol, gossipProtocols, libp2pOptions, protocolPrefix } from './libp2p.ts'
 import { UserError } from './errors.ts'
-import { tuneGarbageCollection } from './gc-tuning.ts'
 import { componentLogger } from './quiet-logger.ts'
 import type { Community } from './community.ts'
 import type { Feature, FeatureList } from './feature.ts'
@@ -188,7 +187,6 @@ export class MeshNode {
   }
 
   async start (): Promise<void> {
-    tuneGarbageCollection()
     if ('open' in this.blockstore) await this.blockstore.open()
     if ('open' in this.datastore) await this.datastore.open()
     try {

@@ -22,6 +22,8 @@
 //           were taken that way).
 // The trivial function is test/fixtures/wasm/noop.as (exits 0 at once). Rounds interleave Mesh
 // and the baseline so drift hits both alike; figures are medians over rounds.
+// The process runs V8 as `mesh start` runs it (node/gc-tuning.ts; MESH_V8_DEFAULT_GC=1 for V8's
+// default). V8 flags are per process, so the plain Helia pair runs with the same setting.
 //
 //   node scripts/bench/functions.ts [--rounds 3] [--calls 1000] [--sizes 1,16,64] [--seconds 2]
 //                                   [--only transfer] [--reader worker|thread]
@@ -44,6 +46,7 @@ import { buildWasmFixtures } from '../build-wasm-fixtures.ts'
 import { artifactsOf, storeModule } from '../../node/artifacts.ts'
 import { nodeFeatures } from '../../node/features.ts'
 import { functionsOf } from '../../node/functions.ts'
+import { tuneGarbageCollection } from '../../node/gc-tuning.ts'
 import { createHelia, withLibp2p } from '../../node/helia-light.ts'
 import { MeshNode } from '../../node/mesh-node.ts'
 import { Repo } from '../../node/repo.ts'
@@ -55,6 +58,8 @@ import { collectGarbage, handle } from './functions-reader.ts'
 import type { ReaderReply, ReaderRequest } from './functions-reader.ts'
 import type { HeliaWithLibp2p } from '@helia/libp2p'
 import type { CID } from 'multiformats/cid'
+
+tuneGarbageCollection()
 
 const { values } = parseArgs({
   options: {
