@@ -386,14 +386,16 @@ export const descriptorsFeature: FeatureFactory = (node, init) => {
   }
 
   /**
-   * Whether free slots moved enough to say so at once: to or from none, or by a quarter of all
-   * slots. Smaller moves wait for the soft gap. The lease book, not the descriptor, refuses an
-   * oversubscription, so an allocator working from a slightly stale count loses nothing but a
-   * retry; while a publish per lease (measured: ~1.4 publishes a second while 50 nodes allocated
-   * from 5, each verified by every node) kept a 50-node process saturated.
+   * Whether free slots moved enough to say so at once: only to or from none, the move that makes
+   * allocators skip this node or consider it again. Every other move waits for the soft gap. The
+   * lease book, not the descriptor, refuses an oversubscription, so an allocator working from a
+   * slightly stale count loses nothing but a retry, while each publish is checked by every node:
+   * a publish per lease (~1.4 a second while 50 nodes allocated from 5) kept a 50-node process
+   * saturated, and with a quarter of all slots as the threshold, the 100-node simulation's 4-slot
+   * nodes still published twice per allocation (reserve, expiry): 199 of 413 publishes a minute.
    */
-  function capacityMoved (was: number, now: number, slots: number): boolean {
-    return (was === 0) !== (now === 0) || Math.abs(was - now) >= Math.max(1, Math.ceil(slots / 4))
+  function capacityMoved (was: number, now: number): boolean {
+    return (was === 0) !== (now === 0)
   }
 
   /**
@@ -467,7 +469,7 @@ export const descriptorsFeature: FeatureFactory = (node, init) => {
     const freeSlots = Math.max(0, slots - book.reservedFor(node.did))
     const now = { ...d, addresses: addresses(), trust: ownTrust(), capacity: { slots, freeSlots } }
     if (factsOf(now) !== factsOf(d)) return 'facts'
-    if (capacityMoved(d.capacity.freeSlots, freeSlots, slots)) return 'capacity'
+    if (capacityMoved(d.capacity.freeSlots, freeSlots)) return 'capacity'
     // Until this node publishes a coordinate it has updated, no one can estimate their latency to
     // it (latency() treats a coordinate at the maximum error as none): its first usable one goes
     // out at once and by gossip, not after the soft gap. Measured at 50 nodes (bench:registry),

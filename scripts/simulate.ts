@@ -556,17 +556,21 @@ if (HAS_DOCS) {
 }
 out(`memory     peak RSS ${Math.round(rssPeak / MB)} MB (${(rssPeak / MB / Math.max(cluster.slots.length, 1)).toFixed(1)} MB per node slot, ${cluster.slots.length} slots)`)
 let descriptorsPublished = 0
+/** Why the live nodes published: the traffic every node has to check. */
+const publishedBy: Record<string, number> = {}
 let descriptorsReceived = 0
 let docGossip = 0
 for (const slot of cluster.live()) {
   if (HAS_DESCRIPTORS) {
     const st = descriptorsOf(slot.node!).stats()
     descriptorsPublished += st.published
+    for (const [why, n] of Object.entries(st.publishedBy)) publishedBy[why] = (publishedBy[why] ?? 0) + n
     descriptorsReceived += st.received.gossip + st.received.pull
   }
   if (HAS_DOCS) docGossip += documentsOf(slot.node!).sync.stats.gossip.received
 }
-out(`traffic    live nodes at the end: ${descriptorsPublished} descriptor publishes, ${descriptorsReceived} descriptor envelopes received, ${docGossip} document gossip messages received`)
+const reasons = Object.entries(publishedBy).map(([why, n]) => `${why} ${n}`).join(', ')
+out(`traffic    live nodes at the end: ${descriptorsPublished} descriptor publishes${reasons === '' ? '' : ` (${reasons})`}, ${descriptorsReceived} descriptor envelopes received, ${docGossip} document gossip messages received`)
 const warningTotal = [...warnings.values()].reduce((a, b) => a + b, 0)
 out(`noise      ${warningTotal} node warnings, ${strayCount} stray rejections/exceptions${stray.length > 0 ? `: ${stray[0]}` : ''}`)
 out('invariants (exit 1 if any is broken)')
