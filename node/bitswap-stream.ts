@@ -124,7 +124,7 @@ export function blockMessageHead (cid: CID, data: Uint8Array): Uint8Array {
 }
 
 /** A length-prefixed bitswap message that cancels this node's wants for `cids`. */
-export function cancelMessage (cids: CID[]): Uint8Array {
+function cancelMessage (cids: CID[]): Uint8Array {
   const prefixed = (bytes: number[]): number[] => {
     const length = new Uint8Array(varint.encodingLength(bytes.length))
     varint.encodeTo(bytes.length, length)
