@@ -14,6 +14,7 @@
 import { mkdtemp } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { parseArgs } from 'node:util'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { descriptorsOf } from '../node/descriptors.ts'
@@ -417,6 +418,11 @@ function heal (ev: PartitionEvent): void {
 // --- workload ---------------------------------------------------------------------------------------------
 
 const workloadStart = performance.now()
+// The saturation gauge: all nodes share this one thread, so an operation waits behind every
+// node's work. With the loop this late, the latency columns measure the process, not the mesh.
+const loopDelay = monitorEventLoopDelay({ resolution: 10 })
+loopDelay.enable()
+const workloadCpu0 = process.cpuUsage()
 const ops = opsLoop()
 for (const ev of events) {
   const wait = workloadStart + ev.at - performance.now()
@@ -430,6 +436,11 @@ for (const ev of events) {
   if (wait > 0) await new Promise(resolve => setTimeout(resolve, wait))
 }
 const workloadMs = performance.now() - workloadStart
+loopDelay.disable()
+const workloadCpu = process.cpuUsage(workloadCpu0)
+/** Event-loop lag during the workload, ms (the histogram holds the time between 10 ms samples). */
+const lagMs = (ns: number): number => round(Math.max(0, ns / 1e6 - 10))
+const load = { cpuPct: round((workloadCpu.user + workloadCpu.system) / 1000 / workloadMs * 100), lagP50Ms: lagMs(loopDelay.percentile(50)), lagP99Ms: lagMs(loopDelay.percentile(99)), lagMaxMs: lagMs(loopDelay.max) }
 
 // --- end: writes stop, departed writers come back, the last partition heals, convergence ----------------
 
@@ -554,6 +565,7 @@ for (const [name, s] of Object.entries(summaries)) {
 if (HAS_DOCS) {
   out(`documents  ${acked.length} acknowledged writes; ${churnCounts.finalRestarts} departed writer(s) restarted on their repos before the heal; convergence ${convergenceMs == null ? `NOT reached in ${CONVERGE_BOUND_S} s` : `${(convergenceMs / 1000).toFixed(2)} s`} after the ${lastSplit != null ? 'last heal' : 'end of writes (no partition at the end)'} over ${liveAtEnd} live nodes; lost ${lost.length}; missing on some live node ${missingSomewhere}`)
 }
+out(`load       during the workload: process CPU ${load.cpuPct}% of a core, event-loop lag p50 ${load.lagP50Ms} ms, p99 ${load.lagP99Ms} ms, max ${load.lagMaxMs} ms (every node shares this thread)`)
 out(`memory     peak RSS ${Math.round(rssPeak / MB)} MB (${(rssPeak / MB / Math.max(cluster.slots.length, 1)).toFixed(1)} MB per node slot, ${cluster.slots.length} slots)`)
 let descriptorsPublished = 0
 /** Why the live nodes published: the traffic every node has to check. */
@@ -591,6 +603,7 @@ out(JSON.stringify({
   ops: summaries,
   writes: { acknowledged: acked.length, lost: lost.length, missingSomewhere },
   convergenceMs: convergenceMs == null ? null : round(convergenceMs),
+  load,
   peakRssMB: round(rssPeak / MB),
   liveAtEnd,
   slots: cluster.slots.length,

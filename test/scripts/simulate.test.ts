@@ -33,5 +33,6 @@ describe('npm run simulate', () => {
     assert.ok(report.ops.lookup.ok > 0, 'the workload looked nodes up')
     assert.ok(report.convergenceMs != null, 'the documents converged')
     assert.ok(report.churn.left > 0, 'nodes left')
+    assert.ok(report.load.cpuPct > 0 && report.load.lagMaxMs >= report.load.lagP50Ms, `the saturation gauge: ${JSON.stringify(report.load)}`)
   })
 })
