@@ -22,7 +22,9 @@
 // step 2 (`… | varUint 1 | varUint8Array update`: what the initiator lacks) and its own step 1, and
 // closes its side after the empty frame; the initiator answers each step 1 with step 2 and closes
 // its side once the responder's has ended. Either side sends step 2 only while the budget lasts.
-// The header may carry a third varUint, flags: bit 0 says the initiator can fetch snapshots by CID.
+// The header may carry a third varUint, flags: bit 0 says the initiator can fetch snapshots by CID;
+// bit 1 says it only pulls (fetching what a notice named): the responder sends no step 1 of its own,
+// and the initiator would not answer one.
 //
 // Cold start: a node whose document was compacted offers the snapshot on IPFS (`setSnapshot`: its
 // CID and state vector). In a session whose flags allow it, a side answering a step 1 with an
@@ -50,6 +52,7 @@ const SYNC_UPDATE = 2
 const SYNC_SNAPSHOT = 3
 const MESSAGE_NOTICE = 100
 const FLAG_SNAPSHOTS = 1
+const FLAG_PULL = 2
 const STREAM_VERSION = 1
 const DOC_ID = /^[a-z0-9][a-z0-9._-]{0,127}$/
 const MAX_SESSION_DOCS = 1000
@@ -433,21 +436,25 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
   }
 
   /**
-   * Fetches what a notice names from the peer that passed it on: one session per peer and document
-   * at a time (a burst of notices from one peer shares it), and one more if the update arrived at
-   * that peer after the running session had asked. Not relayed: the notice is.
+   * Fetches what a notice names from the peer that passed it on. One fetch per document at a time:
+   * a notice that arrives while one runs waits for it (that session brings whatever the other peer
+   * holds, usually this notice's update too) and fetches from its own peer only if still missing.
+   * Concurrent fetches from several peers each brought the same batches when every node wrote.
+   * Not relayed: the notice is.
    */
   const noticeFetches = new Map<string, Promise<void>>()
   async function fetchNoticed (entry: OpenDoc, peer: PeerId, sv: Map<number, number>): Promise<void> {
-    for (let round = 0; round < 2 && !holds(entry, sv); round++) {
-      const key = `${peer.toString()} ${entry.id}`
-      let running = noticeFetches.get(key)
-      if (running == null) {
-        stats.gossip.fetches++
-        running = runSession(peer, [entry.id], 0, { relay: false }).then(() => {}, () => {}).finally(() => noticeFetches.delete(key))
-        noticeFetches.set(key, running)
+    while (!holds(entry, sv)) {
+      const running = noticeFetches.get(entry.id)
+      if (running != null) {
+        await running
+        continue
       }
-      await running
+      stats.gossip.fetches++
+      const mine = runSession(peer, [entry.id], 0, { pull: true }).then(() => {}, () => {}).finally(() => noticeFetches.delete(entry.id))
+      noticeFetches.set(entry.id, mine)
+      await mine
+      return
     }
   }
 
@@ -733,8 +740,15 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
     syncQueue.delete(peer.toString())
   }
 
-  /** Runs one session as initiator. Returns the update bytes moved and documents repaired. */
-  async function runSession (peer: PeerId, docIds: string[], budget: number, options: { relay?: boolean } = {}): Promise<SessionResult> {
+  /**
+   * Runs one session as initiator. Returns the update bytes moved and documents repaired. A `pull`
+   * session only fetches: it sends the peer nothing the peer lacks (its own news goes out as its
+   * notices) and relays nothing it learns (the notice that asked for it is passed on instead).
+   * Answering the peer's step 1 there made every notice fetch a two-way repair: with every node
+   * writing, each batch reached a node by several sessions and came back as relays, 4x the sync
+   * bytes of one writer's.
+   */
+  async function runSession (peer: PeerId, docIds: string[], budget: number, options: { pull?: boolean } = {}): Promise<SessionResult> {
     const shared: OpenDoc[] = []
     for (const id of docIds) {
       const entry = open.get(id)
@@ -749,7 +763,7 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
       return result
     }
     const session = new Session(stream, peer, budget, result)
-    session.relay = options.relay ?? true
+    session.pull = options.pull ?? false
     const retried = shared.filter(e => noSnapshot.has(e.id)).map(e => e.id)
     session.snapshots = components.snapshots != null && retried.length === 0
     for (const id of retried) noSnapshot.delete(id)
@@ -757,7 +771,7 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
       session.send(encodeMessage(e => {
         encoding.writeVarUint(e, STREAM_VERSION)
         encoding.writeVarUint(e, budget)
-        encoding.writeVarUint(e, session.snapshots ? FLAG_SNAPSHOTS : 0)
+        encoding.writeVarUint(e, (session.snapshots ? FLAG_SNAPSHOTS : 0) | (session.pull ? FLAG_PULL : 0))
       }))
       for (const entry of shared) {
         session.send(encodeMessage(e => {
@@ -803,6 +817,7 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
           if (version !== STREAM_VERSION) throw new Dropped('unsupported-version')
           const flags = decoding.hasContent(d) ? readOrDrop(() => decoding.readVarUint(d)) : 0
           session.snapshots = (flags & FLAG_SNAPSHOTS) !== 0
+          session.askBack = (flags & FLAG_PULL) === 0
           continue
         }
         if (frame.length === 0) {
@@ -832,8 +847,10 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
     readonly result: SessionResult
     /** Whether snapshots may be offered and fetched in this session (the initiator's flag). */
     snapshots = false
-    /** Whether what this end learns is passed on over gossip (relayRepair). */
-    relay = true
+    /** Initiator of a pull session: it answers no step 1 and relays nothing it learns. */
+    pull = false
+    /** Responder: whether to send its own step 1 (not to a pull). */
+    askBack = true
     private readonly timeout: ReturnType<typeof setTimeout>
 
     constructor (stream: Stream, peer: PeerId, budget: number, result: SessionResult) {
@@ -904,7 +921,7 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
       const entry = open.get(docId)
       if (step === SYNC_STEP1) {
         // Unknown or not-shared documents get no answer: the peer learns nothing about them.
-        if (entry == null || !(await mayShare(docId, this.peer))) return
+        if (this.pull || entry == null || !(await mayShare(docId, this.peer))) return
         let sv: Uint8Array
         try {
           Y.decodeStateVector(payload)
@@ -939,7 +956,7 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
           this.result.sent += diff.length
           this.send(docFrame(docId, SYNC_STEP2, diff))
         }
-        if (answerStep1) this.send(docFrame(docId, SYNC_STEP1, Y.encodeStateVector(entry.doc)))
+        if (answerStep1 && this.askBack) this.send(docFrame(docId, SYNC_STEP1, Y.encodeStateVector(entry.doc)))
       } else if (step === SYNC_SNAPSHOT) {
         if (!this.snapshots || components.snapshots == null) throw new Dropped('unexpected-snapshot')
         const r = decoding.createDecoder(payload)
@@ -960,7 +977,7 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
           const fresh = admitted.doc.store.clients.size === 0
           if (applyRemote(admitted, payload, new RemoteOrigin(this.peer.toString(), 'sync'))) {
             this.result.repaired++
-            if (!fresh && this.relay) relayRepair(admitted, payload)
+            if (!fresh && !this.pull) relayRepair(admitted, payload)
           }
         } catch (err) {
           // A refused update is counted, and the rest of the session goes on.

@@ -178,6 +178,8 @@ async function meshSetup (n: number): Promise<Setup> {
       return {
         gossipIn: sum(st => st.gossip.received),
         published: sum(st => st.gossip.published),
+        notices: sum(st => st.gossip.notices),
+        fetches: sum(st => st.gossip.fetches),
         relayed: sum(st => st.sync.relayed),
         sessions: sum(st => st.sync.sessions),
         syncKB: Math.round(sum(st => st.sync.bytesSent) / 1024)
@@ -436,6 +438,8 @@ async function throughput (setup: Setup, count: number, allWriters: boolean): Pr
   for (let i = 0; i < count; i++) keys.push(`${tag}-${i}`)
   await sleep(200)
   const wire0 = wireBytes
+  const before = setup.counters?.()
+  const cpu0 = process.cpuUsage()
   const t0 = performance.now()
   try {
     await Promise.all(writers.map(async (w, wi) => {
@@ -449,6 +453,11 @@ async function throughput (setup: Setup, count: number, allWriters: boolean): Pr
     const last = await watch.waitAll(keys, WAIT_MS)
     const wire = wireBytes - wire0
     const rawLocal = raw
+    if (before != null) {
+      const after = setup.counters!()
+      const cpu = process.cpuUsage(cpu0)
+      console.error(`  ${allWriters ? 'all writers' : 'one writer'}: ${Object.entries(after).map(([k, v]) => `${k} ${v - before[k]}`).join(', ')}; process CPU ${round((cpu.user + cpu.system) / 1000)} ms in ${round(last - t0)} ms`)
+    }
     return {
       perSecond: count / ((last - t0) / 1000),
       wirePerUpdatePerReceiver: wire / (count * (setup.replicas.length - 1)),

@@ -233,6 +233,22 @@ describe('document sync', () => {
     assert.equal(JSON.stringify(state(zDoc)), before, 'nothing reached the document')
     await x.sync.transact('big', d => { d.getMap('m').set('after', true) })
     await waitFor('Z to keep replicating', () => zDoc.getMap('m').get('after') === true)
+
+    // A fetch only pulls. Z holds an edit Y never got (Y drops Z's gossip); fetching the next
+    // notice from Y must not hand it over: Z's news travels as Z's own gossip, not inside every
+    // session Z starts (with every node writing, that sent each batch several times).
+    const yPubsub = y.libp2p.services.pubsub!
+    const topic = y.sync.topic('big')
+    const original = yPubsub.topicValidators.get(topic)!
+    yPubsub.topicValidators.set(topic, (peer, msg) => msg.type === 'signed' && msg.from.equals(z.libp2p.peerId) ? 'ignore' as any : original(peer, msg))
+    await z.sync.transact('big', d => { d.getMap('m').set('z-only', 'z'.repeat(3000)) })
+    const zSent = z.sync.stats.sync.bytesSent
+    const zFetches = z.sync.stats.gossip.fetches
+    await x.sync.transact('big', d => { for (let i = 0; i < 400; i++) d.getMap('m').set(`second-${i}`, i) })
+    await waitFor('Z to get the second batch', () => zDoc.getMap('m').get('second-399') === 399)
+    assert.ok(z.sync.stats.gossip.fetches > zFetches, 'Z fetched the second batch')
+    assert.ok(z.sync.stats.sync.bytesSent - zSent < 1000, `Z sent only its state vector, not its 3 KB edit (${z.sync.stats.sync.bytesSent - zSent} B)`)
+    yPubsub.topicValidators.set(topic, original)
     for (const n of [x, y, z]) await n.stop()
   })
 
