@@ -38,7 +38,12 @@ export function assertDocId (docId: string): void {
 }
 
 export interface DocStoreOptions {
-  /** Fold the log into the snapshot once it holds this many records. Default 500; 0 never. */
+  /**
+   * Fold the log into the snapshot once it holds this many records, and at least half as many
+   * bytes as the snapshot. Default 500; 0 never. The byte condition keeps compaction's cost (it
+   * rewrites the whole state) in proportion to what was appended: a growing document compacted
+   * every 500 small records rewrote its whole state for each 15 KB of new updates.
+   */
   compactEvery?: number
   /** Default true. Only simulations that throw the disk away should turn it off. */
   fsync?: boolean
@@ -85,6 +90,9 @@ interface DocFiles {
   /** The log was scanned (and a torn tail cut) in this process. */
   checked: boolean
   records: number
+  /** Bytes of the log (with its framing) and of the snapshot's update, once checked. */
+  logBytes: number
+  snapBytes: number
 }
 
 export async function openDocStore (dir: string, options: DocStoreOptions = {}): Promise<DocStore> {
@@ -103,7 +111,7 @@ export async function openDocStore (dir: string, options: DocStoreOptions = {}):
     if (closed) throw new Error('document store is closed')
     let f = docs.get(docId)
     if (f == null) {
-      f = { docId, tail: Promise.resolve(), pending: [], flushScheduled: false, checked: false, records: 0 }
+      f = { docId, tail: Promise.resolve(), pending: [], flushScheduled: false, checked: false, records: 0, logBytes: 0, snapBytes: 0 }
       docs.set(docId, f)
     }
     return f
@@ -128,9 +136,11 @@ export async function openDocStore (dir: string, options: DocStoreOptions = {}):
   async function check (f: DocFiles, docId: string): Promise<void> {
     const bytes = await readFile(logPath(docId)).catch((err) => { if (err.code === 'ENOENT') return undefined; throw err })
     f.checked = true
+    f.snapBytes = Math.max(0, ((await stat(snapPath(docId)).catch(() => undefined))?.size ?? 0) - SNAP_MAGIC.length - HEADER)
     if (bytes == null) return
     const { records, validBytes } = parseLog(bytes)
     f.records = records.length
+    f.logBytes = validBytes
     if (validBytes < bytes.length) {
       stats.droppedTailBytes += bytes.length - validBytes
       const fh = await open(logPath(docId), 'r+')
@@ -171,13 +181,14 @@ export async function openDocStore (dir: string, options: DocStoreOptions = {}):
       // The new file's name must survive a power cut too, not only its bytes.
       if (created) await syncDir()
       f.records += batch.length
+      for (const b of batch) f.logBytes += b.record.length
       stats.appends += batch.length
       for (const b of batch) b.resolve()
     } catch (err: any) {
       for (const b of batch) b.reject(err)
       return
     }
-    if (compactEvery > 0 && f.records >= compactEvery) await compactNow(docId)
+    if (compactEvery > 0 && f.records >= compactEvery && f.logBytes >= f.snapBytes / 2) await compactNow(docId)
   }
 
   async function compactNow (docId: string, doc?: Y.Doc): Promise<void> {
@@ -185,7 +196,7 @@ export async function openDocStore (dir: string, options: DocStoreOptions = {}):
     const { updates, found } = await readState(docId)
     if (!found && doc == null) return
     const merged = new Y.Doc({ gc: true })
-    for (const u of updates) applyStored(merged, u)
+    applyAll(merged, updates)
     if (doc != null) Y.applyUpdate(merged, Y.encodeStateAsUpdate(doc))
     const state = Y.encodeStateAsUpdate(merged)
     merged.destroy()
@@ -211,6 +222,8 @@ export async function openDocStore (dir: string, options: DocStoreOptions = {}):
       } finally { await log.close() }
     }
     f.records = 0
+    f.logBytes = 0
+    f.snapBytes = state.length
     stats.compactions++
     // Outside the document's operation chain: publishing a large snapshot must not hold up writes.
     if (options.onCompacted != null) {
@@ -230,7 +243,7 @@ export async function openDocStore (dir: string, options: DocStoreOptions = {}):
         const { updates, found } = await readState(docId)
         if (!found) return undefined
         const doc = new Y.Doc()
-        for (const u of updates) applyStored(doc, u)
+        applyAll(doc, updates)
         return doc
       })
     },
@@ -276,6 +289,8 @@ export async function openDocStore (dir: string, options: DocStoreOptions = {}):
         await rm(snapPath(docId), { force: true })
         await rm(logPath(docId), { force: true })
         f.records = 0
+        f.logBytes = 0
+        f.snapBytes = 0
         await syncDir()
       })
     },
@@ -314,6 +329,11 @@ function parseSnapshot (bytes: Buffer, docId: string): Uint8Array {
   const body = bytes.subarray(SNAP_MAGIC.length + HEADER)
   if (body.length !== len || crc32(body) !== sum) throw bad()
   return body
+}
+
+/** One transaction for the whole log: a transaction per record spent more on cleanup than on applying. */
+function applyAll (doc: Y.Doc, updates: Uint8Array[]): void {
+  doc.transact(() => { for (const u of updates) applyStored(doc, u) })
 }
 
 function applyStored (doc: Y.Doc, update: Uint8Array): void {

@@ -219,6 +219,12 @@ interface OpenDoc {
    * it (y-websocket). Their changes go on gossip; other nodes' clients are theirs to relay.
    */
   localClients: Set<number>
+  /**
+   * The last step 2 this node computed, for the state vector it answered: the peers that fetch a
+   * notice's update all ask from the same state, and encoding it again for each cost as much as
+   * applying it. Valid while the document (and what it holds pending) is unchanged.
+   */
+  lastDiff?: { base: Uint8Array, diff: Uint8Array, pending: unknown[] }
   off: () => void
 }
 
@@ -352,6 +358,16 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
       entry.doc.off('update', onUpdate)
     }
     return learned || structs.pendingStructs !== pendingBefore[0] || structs.pendingDs !== pendingBefore[1]
+  }
+
+  /** What the document holds beyond the state vector `base` (Yjs step 2), reusing the last answer. */
+  function diffFrom (entry: OpenDoc, base: Uint8Array): Uint8Array {
+    const { pendingStructs, pendingDs } = entry.doc.store
+    const last = entry.lastDiff
+    if (last != null && last.pending[0] === pendingStructs && last.pending[1] === pendingDs && Buffer.from(last.base.buffer, last.base.byteOffset, last.base.byteLength).equals(base)) return last.diff
+    const diff = Y.encodeStateAsUpdate(entry.doc, base)
+    entry.lastDiff = { base, diff, pending: [pendingStructs, pendingDs] }
+    return diff
   }
 
   // --- gossip ---------------------------------------------------------------------------------
@@ -614,6 +630,7 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
       off: () => {}
     }
     const onDocUpdate = (update: Uint8Array, origin: unknown): void => {
+      entry.lastDiff = undefined
       const remote = origin instanceof RemoteOrigin ? origin : undefined
       // Appended at once, in update order; the store batches concurrent appends into one fsync.
       const persisted = store.append(docId, update)
@@ -941,7 +958,7 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
             encoding.writeVarUint8Array(e, snap.stateVector)
           })
         }
-        const diff = Y.encodeStateAsUpdate(entry.doc, base)
+        const diff = diffFrom(entry, base)
         if (!isWriter(docId, self)) {
           // The peer would refuse anything from a non-writer, even what it already has.
         } else if (this.budget > 0 && this.result.sent + diff.length > this.budget) {

@@ -1,11 +1,16 @@
 // Documents benchmark: Yjs documents replicated by Mesh's doc-sync (gossipsub + y-protocols sync)
-// on N nodes in one process (real TCP on 127.0.0.1, Noise, yamux; each node with its own on-disk
-// doc store, fsync on), against the same workload through one central y-websocket relay with N
-// y-websocket clients, measured in the same run, rounds interleaved.
+// on N nodes (real TCP on 127.0.0.1, Noise, yamux; each node with its own on-disk doc store, fsync
+// on), against the same workload through one central y-websocket relay with N y-websocket clients,
+// measured in the same run, rounds interleaved.
 //
 //   node scripts/bench/docs.ts [--sizes 10,50] [--rounds 2] [--writes 150] [--burst 2000]
 //                              [--partition 1000] [--repo-updates 100000] [--cold-mb 10]
-//                              [--no-fsync] [--skip repo,cold]
+//                              [--threads 2] [--no-fsync] [--skip repo,cold]
+//
+// The replicas live in `--threads` worker threads (default: one per core), in contiguous blocks
+// (`docs-shard.ts`), so that N nodes on one machine use all its cores as N machines would; with
+// `--threads 1` they all take turns on one event loop, which is how the bench ran until
+// 2026-12-06. The central relay runs in the main thread, its clients in the shards like the nodes.
 //
 // No server implementation of y-websocket is installed (y-websocket 3 ships only the client;
 // neither `y-websocket/bin/utils` nor `@y/websocket-server` is in node_modules), so the baseline is
@@ -15,13 +20,13 @@
 // acknowledged write, the baseline does not.
 import { mkdtemp, readdir, rm, stat } from 'node:fs/promises'
 import net from 'node:net'
-import { loadavg, tmpdir } from 'node:os'
+import { availableParallelism, loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
+import { Worker } from 'node:worker_threads'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import * as decoding from 'lib0/decoding'
 import * as encoding from 'lib0/encoding'
-import { createLibp2p } from 'libp2p'
 import WebSocket, { WebSocketServer } from 'ws'
 import * as awarenessProtocol from 'y-protocols/awareness'
 import * as syncProtocol from 'y-protocols/sync'
@@ -29,17 +34,10 @@ import { WebsocketProvider } from 'y-websocket'
 import * as Y from 'yjs'
 import { openDocStore } from '../../node/doc-store.ts'
 import { documents, documentsOf } from '../../node/documents.ts'
-import { libp2pOptions } from '../../node/libp2p.ts'
+import { tuneGarbageCollection } from '../../node/gc-tuning.ts'
 import { MeshNode } from '../../node/mesh-node.ts'
-import { docSync } from '../../protocols/doc-sync.ts'
-import { mapLimit, median, percentile, prng, round, table } from './lib/stats.ts'
-import type { DocStore } from '../../node/doc-store.ts'
-import type { MeshServices } from '../../node/libp2p.ts'
-import type { DocSync } from '../../protocols/doc-sync.ts'
-import type { GossipSub } from '@libp2p/gossipsub'
-import type { PeerScoreParams } from '@libp2p/gossipsub/score'
-import type { PeerId } from '@libp2p/interface'
-import type { Libp2p } from 'libp2p'
+import { median, percentile, prng, round, table } from './lib/stats.ts'
+import type { ShardData } from './docs-shard.ts'
 
 const { values: args } = parseArgs({
   options: {
@@ -50,6 +48,7 @@ const { values: args } = parseArgs({
     partition: { type: 'string', default: '1000' },
     'repo-updates': { type: 'string', default: '100000' },
     'cold-mb': { type: 'string', default: '10' },
+    threads: { type: 'string', default: String(availableParallelism()) },
     'no-fsync': { type: 'boolean', default: false },
     skip: { type: 'string', default: '' }
   }
@@ -61,16 +60,19 @@ const BURST = Number(args.burst)
 const PARTITION = Number(args.partition)
 const REPO_UPDATES = Number(args['repo-updates'])
 const COLD_MB = Number(args['cold-mb'])
+const THREADS = Math.max(1, Number(args.threads))
 const FSYNC = !args['no-fsync']
 const SKIP = new Set(args.skip.split(',').filter(Boolean))
 const NETWORK = 'bench-docs'
 const DOC = 'bench'
 const WAIT_MS = 120_000
-/** Unacknowledged writes a Mesh writer keeps in flight (a y-websocket client has no acknowledgement at all). */
-const WINDOW = 500
 const rand = prng(7)
+/** Wall-clock milliseconds, the same clock in every thread. */
+const now = (): number => performance.timeOrigin + performance.now()
+// Nodes run V8 as `mesh start` runs it (node/gc-tuning.ts; MESH_V8_DEFAULT_GC=1 for V8's default).
+tuneGarbageCollection()
 
-// --- bytes on the wire: every TCP write in the process (libp2p's TCP and ws both write to net.Socket) ---
+// --- bytes on the wire: every TCP write of this thread (the central relay); shards count their own ---
 
 let wireBytes = 0
 const socketWrite = net.Socket.prototype.write
@@ -79,178 +81,163 @@ net.Socket.prototype.write = function (this: net.Socket, chunk: any, ...rest: an
   return (socketWrite as any).call(this, chunk, ...rest)
 } as any
 
-// --- what both setups offer the workload -----------------------------------------------------
+// --- the shards: worker threads hosting the replicas ----------------------------------------
 
-interface Replica {
-  doc: Y.Doc
-  /** Writes one small update on this replica; resolves when it is acknowledged. */
-  write: (key: string, value: unknown) => Promise<void>
+/** The worker threads of one setup, their replicas in contiguous blocks, and the keys they saw arrive. */
+class Shards {
+  readonly workers: Worker[] = []
+  readonly blocks: number[][] = []
+  /** key → shards that have it on every replica, and when the last of them got it. */
+  private readonly arrived = new Map<string, { shards: number, last: number }>()
+  private readonly pending = new Map<number, { resolve: (v: any) => void, reject: (e: Error) => void }>()
+  private nextId = 0
+  readonly n: number
+
+  constructor (n: number, data: Omit<ShardData, 'indices'>) {
+    this.n = n
+    const k = Math.min(THREADS, n)
+    for (let s = 0; s < k; s++) {
+      const indices: number[] = []
+      for (let i = Math.floor(s * n / k); i < Math.floor((s + 1) * n / k); i++) indices.push(i)
+      this.blocks.push(indices)
+      const worker = new Worker(new URL('./docs-shard.ts', import.meta.url), { workerData: { ...data, indices } satisfies ShardData })
+      worker.on('message', (m: any) => {
+        if (m.arrived != null) {
+          for (const [key, t] of m.arrived as Array<[string, number]>) {
+            const a = this.arrived.get(key)
+            if (a == null) this.arrived.set(key, { shards: 1, last: t })
+            else { a.shards++; a.last = Math.max(a.last, t) }
+          }
+          return
+        }
+        const p = this.pending.get(m.id)
+        this.pending.delete(m.id)
+        if (m.error != null) p?.reject(new Error(m.error))
+        else p?.resolve(m.value)
+      })
+      worker.on('error', (err) => { for (const p of this.pending.values()) p.reject(err); this.pending.clear() })
+      this.workers.push(worker)
+    }
+  }
+
+  shardOf (index: number): number {
+    return this.blocks.findIndex(b => b.includes(index))
+  }
+
+  async call<T = unknown> (shard: number, op: string, args?: unknown): Promise<T> {
+    const id = this.nextId++
+    return new Promise<T>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject })
+      this.workers[shard].postMessage({ id, op, args })
+    })
+  }
+
+  async all<T = unknown> (op: string, args?: (shard: number) => unknown): Promise<T[]> {
+    return Promise.all(this.workers.map(async (_, s) => this.call<T>(s, op, args?.(s))))
+  }
+
+  /** Resolves with the time the last of `keys` reached its last replica. */
+  async waitAll (keys: string[], ms: number): Promise<number> {
+    const deadline = performance.now() + ms
+    for (;;) {
+      let last = 0
+      let complete = true
+      for (const k of keys) {
+        const a = this.arrived.get(k)
+        if (a == null || a.shards < this.workers.length) { complete = false; break }
+        if (a.last > last) last = a.last
+      }
+      if (complete) return last
+      if (performance.now() > deadline) throw new Error(`not every replica got ${keys.length} keys within ${ms} ms`)
+      await sleep(2)
+    }
+  }
+
+  async forget (prefix: string): Promise<void> {
+    for (const k of this.arrived.keys()) if (k.startsWith(prefix)) this.arrived.delete(k)
+    await this.all('forget', () => ({ prefix }))
+  }
+
+  async stop (): Promise<void> {
+    try {
+      await this.all('stop')
+    } finally {
+      await Promise.all(this.workers.map(async w => w.terminate()))
+    }
+  }
 }
+
+// --- what both setups offer the workload -----------------------------------------------------
 
 interface Setup {
   name: 'mesh' | 'central'
-  replicas: Replica[]
+  shards: Shards
+  /** Writes one small update on replica i; resolves when it is acknowledged. */
+  write: (i: number, key: string, value: unknown) => Promise<void>
   /** Cuts the replicas into two sides that cannot reach each other (central: one side offline). */
   split: () => Promise<void>
   /**
    * Lets the sides reach each other again and resolves at once: the reconnections run while
-   * convergence is timed (in one process, a hundred handshakes at once take seconds of CPU, and a
-   * replica need not wait for the slowest of them).
+   * convergence is timed (a hundred handshakes at once take seconds of CPU, and a replica need
+   * not wait for the slowest of them).
    */
   heal: () => Promise<void>
   /** Whether a side's replicas reach each other during the split (central: the offline side does not). */
   sideConnected: (side: number) => boolean
   /** Work done so far, summed over the nodes (mesh: doc-sync's counters), to print per phase. */
-  counters?: () => Record<string, number>
+  counters?: () => Promise<Record<string, number>>
   stop: () => Promise<void>
 }
 
-// --- Mesh: libp2p + doc-sync + doc store per node --------------------------------------------
+function shardedWrite (shards: Shards): Setup['write'] {
+  return async (i, key, value) => shards.call(shards.shardOf(i), 'write', { index: i, key, value })
+}
 
-interface MeshReplicaNode { libp2p: Libp2p<MeshServices>, store: DocStore, sync: DocSync, dir: string, side: number }
+// --- Mesh: libp2p + doc-sync + doc store per node, in the shards -------------------------------
 
 async function meshSetup (n: number): Promise<Setup> {
-  const nodes: MeshReplicaNode[] = []
-  const sideOf = new Map<string, number>()
-  let splitNow = false
-  const cross = (self: string, peer: PeerId): boolean => {
-    const other = sideOf.get(peer.toString())
-    return splitNow && other != null && other !== sideOf.get(self)
-  }
-  const dials: Array<[number, number]> = []
-  let redials: Promise<unknown> = Promise.resolve()
-  for (let i = 0; i < n; i++) {
-    const privateKey = await generateKeyPair('Ed25519')
-    const dir = await mkdtemp(join(tmpdir(), 'bench-docs-'))
-    let selfId = ''
-    const options = libp2pOptions({
-      privateKey,
-      network: NETWORK,
-      listen: ['/ip4/127.0.0.1/tcp/0'],
-      connectionGater: {
-        denyDialPeer: (peer) => cross(selfId, peer),
-        denyInboundEncryptedConnection: (peer) => cross(selfId, peer),
-        denyOutboundEncryptedConnection: (peer) => cross(selfId, peer)
-      }
-    })
-    const libp2p = await createLibp2p(options)
-    allowColocation(libp2p.services.pubsub!)
-    selfId = libp2p.peerId.toString()
-    const store = await openDocStore(dir, { fsync: FSYNC })
-    const sync = docSync({ libp2p, store }, { network: NETWORK })
-    await sync.start()
-    const side = i % 2
-    sideOf.set(selfId, side)
-    nodes.push({ libp2p, store, sync, dir, side })
-  }
-  const stopAll = async (): Promise<void> => {
-    await redials
-    for (const nd of nodes) {
-      await nd.sync.stop()
-      await nd.libp2p.stop()
-      await nd.store.close()
-      await rm(nd.dir, { recursive: true, force: true })
-    }
-  }
-  // A random connected graph: each node dials up to 4 earlier ones (gossipsub grows its mesh from there).
-  for (let i = 1; i < n; i++) {
-    const targets = new Set<number>([Math.floor(rand() * i)])
-    while (targets.size < Math.min(4, i)) targets.add(Math.floor(rand() * i))
-    for (const t of targets) dials.push([i, t])
-  }
-  // A mesh that does not form must not leave its nodes running and their folders behind.
-  let docs: Y.Doc[]
+  const shards = new Shards(n, { kind: 'mesh', network: NETWORK, doc: DOC, fsync: FSYNC })
   try {
-    docs = await formMesh(n, nodes, dials)
+    const started = (await shards.all<Array<{ index: number, peerId: string, addr: string }>>('start')).flat()
+    const addr = new Map(started.map(s => [s.index, s.addr]))
+    // A random connected graph: each node dials up to 4 earlier ones (gossipsub grows its mesh from there).
+    const dials: Array<[number, number]> = []
+    for (let i = 1; i < n; i++) {
+      const targets = new Set<number>([Math.floor(rand() * i)])
+      while (targets.size < Math.min(4, i)) targets.add(Math.floor(rand() * i))
+      for (const t of targets) dials.push([i, t])
+    }
+    const linksOf = (s: number, which: Array<[number, number]>): Array<[number, string]> =>
+      which.filter(([i]) => shards.shardOf(i) === s).map(([i, t]) => [i, addr.get(t)!])
+    const tForm = performance.now()
+    await shards.all('form', s => ({ sides: started.map(x => [x.peerId, x.index % 2]), links: linksOf(s, dials) }))
+    const tMesh = performance.now()
+    // A mesh peer each is not yet one connected mesh: a probe write must reach every replica.
+    await shards.call(0, 'write', { index: 0, key: 'probe', value: 1 })
+    await shards.waitAll(['probe'], 60_000)
+    const stats = (await shards.all<Array<{ degree: number, connections: number }>>('meshStats')).flat()
+    const degree = stats.map(x => x.degree)
+    console.error(`[${n} nodes] ${shards.workers.length} thread(s); dialled ${dials.length} links and formed the topic mesh in ${round(tMesh - tForm)} ms, probe everywhere ${round(performance.now() - tMesh)} ms later; mesh degree ${Math.min(...degree)}-${Math.max(...degree)}, connections per node ${round(stats.reduce((a, x) => a + x.connections, 0) / n)}`)
+    const crossDials = dials.filter(([i, t]) => i % 2 !== t % 2)
+    return {
+      name: 'mesh',
+      shards,
+      write: shardedWrite(shards),
+      sideConnected: () => true,
+      async counters () {
+        const all = await shards.all<Record<string, number>>('counters')
+        return Object.fromEntries(Object.keys(all[0]).map(k => [k, all.reduce((a, c) => a + c[k], 0)]))
+      },
+      async split () { await shards.all('split') },
+      // The links that were there before the split come back (as a healed network would redial).
+      async heal () { await shards.all('heal', s => ({ links: linksOf(s, crossDials) })) },
+      stop: async () => shards.stop()
+    }
   } catch (err) {
-    await stopAll()
+    // A mesh that does not form must not leave its nodes running and their folders behind.
+    await shards.stop().catch(() => {})
     throw err
   }
-  return {
-    name: 'mesh',
-    replicas: nodes.map((nd, i) => ({
-      doc: docs[i],
-      write: async (key, value) => nd.sync.transact(DOC, d => { d.getMap('m').set(key, value) })
-    })),
-    sideConnected: () => true,
-    counters () {
-      const sum = (f: (st: DocSync['stats']) => number): number => nodes.reduce((a, nd) => a + f(nd.sync.stats), 0)
-      return {
-        gossipIn: sum(st => st.gossip.received),
-        published: sum(st => st.gossip.published),
-        notices: sum(st => st.gossip.notices),
-        fetches: sum(st => st.gossip.fetches),
-        relayed: sum(st => st.sync.relayed),
-        sessions: sum(st => st.sync.sessions),
-        syncKB: Math.round(sum(st => st.sync.bytesSent) / 1024)
-      }
-    },
-    async split () {
-      await redials
-      splitNow = true
-      await Promise.all(nodes.map(async nd => {
-        for (const c of nd.libp2p.getConnections()) if (cross(nd.libp2p.peerId.toString(), c.remotePeer)) await c.close().catch(() => {})
-      }))
-    },
-    async heal () {
-      splitNow = false
-      // The links that were there before the split come back (as a healed network would redial).
-      redials = Promise.all(dials.filter(([i, t]) => nodes[i].side !== nodes[t].side)
-        .map(async ([i, t]) => nodes[i].libp2p.dial(nodes[t].libp2p.getMultiaddrs()[0]).catch(() => {})))
-    },
-    stop: stopAll
-  }
-}
-
-/** Dials the links, opens the document everywhere, and waits until one write reaches every node. */
-async function formMesh (n: number, nodes: MeshReplicaNode[], dials: Array<[number, number]>): Promise<Y.Doc[]> {
-  // Ten dials at a time, each tried up to three times: a loaded machine times some handshakes out.
-  await mapLimit(dials, 10, async ([i, t]) => {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        await nodes[i].libp2p.dial(nodes[t].libp2p.getMultiaddrs()[0])
-        return
-      } catch (err) {
-        if (attempt >= 3) throw err
-      }
-    }
-  })
-  const tOpen = performance.now()
-  const docs = await Promise.all(nodes.map(async nd => nd.sync.open(DOC)))
-  const ready = (nd: MeshReplicaNode): boolean => {
-    const pubsub = nd.libp2p.services.pubsub!
-    return pubsub.getSubscribers(nd.sync.topic(DOC)).length > 0 && gossipInternals(pubsub).getMeshPeers(nd.sync.topic(DOC)).length > 0
-  }
-  await waitFor(`mesh of ${n}: every node subscribed with gossip peers`, () => nodes.every(ready), 180_000)
-    .catch((err) => { throw new Error(`${err.message} (${nodes.filter(ready).length} of ${n} ready)`) })
-  const tMesh = performance.now()
-  // A mesh peer each is not yet one connected mesh: a probe write must reach every replica.
-  const probe = docs.map(d => d.getMap('m'))
-  await nodes[0].sync.transact(DOC, d => { d.getMap('m').set('probe', 1) })
-  await waitFor(`mesh of ${n}: a probe write on every replica`, () => probe.every(m => m.has('probe')), 60_000)
-  const degree = nodes.map(nd => gossipInternals(nd.libp2p.services.pubsub!).getMeshPeers(nd.sync.topic(DOC)).length)
-  console.error(`[${n} nodes] dialled ${dials.length} links; topic mesh on every node ${round(tMesh - tOpen)} ms after open, probe everywhere ${round(performance.now() - tMesh)} ms later; mesh degree ${Math.min(...degree)}-${Math.max(...degree)}, connections per node ${round(nodes.reduce((a, nd) => a + nd.libp2p.getConnections().length, 0) / n)}`)
-  return docs
-}
-
-/**
- * Gossipsub scores down every peer of a node once more than 10 of them share one IP address (P6,
- * IP colocation: -5 × surplus²): with 12 it no longer gossips to them, with 14 it ignores them
- * (graylist), and it grafts only peers scoring 0 or more. Every node of this bench is 127.0.0.1, so
- * at 50 nodes the busier nodes, with 15-30 connections, refuse every mesh peer and the topic never
- * forms (measured: 10 of 50 nodes with a mesh after 75 s; with loopback exempt, all 50 in 1.4 s).
- * Loopback is exempted here, in the scores the node already has, until node/libp2p.ts does it.
- */
-function allowColocation (pubsub: GossipSub): void {
-  const params = gossipInternals(pubsub).score.params
-  if (params.IPColocationFactorWeight === 0) return
-  // A new set: the default one is shared by every gossipsub instance in the process.
-  params.IPColocationFactorWhitelist = new Set([...params.IPColocationFactorWhitelist, '127.0.0.1', '::1'])
-}
-
-/** What the bench reads of gossipsub beyond its exported interface (the class is not exported). */
-function gossipInternals (pubsub: GossipSub): { getMeshPeers: (topic: string) => string[], score: { params: PeerScoreParams } } {
-  return pubsub as any
 }
 
 // --- Central: one relay that behaves like y-websocket's reference server, N y-websocket clients ---
@@ -325,98 +312,63 @@ async function centralRelay (): Promise<Relay> {
 
 async function centralSetup (n: number): Promise<Setup> {
   const relay = await centralRelay()
-  const providers: WebsocketProvider[] = []
-  const docs: Y.Doc[] = []
-  for (let i = 0; i < n; i++) {
-    const doc = new Y.Doc()
-    docs.push(doc)
-    providers.push(new WebsocketProvider(relay.url, DOC, doc, { WebSocketPolyfill: WebSocket as any, disableBc: true }))
+  const shards = new Shards(n, { kind: 'central', network: NETWORK, doc: DOC, fsync: FSYNC, relayUrl: relay.url })
+  try {
+    await shards.all('start')
+  } catch (err) {
+    await shards.stop().catch(() => {})
+    await relay.stop()
+    throw err
   }
-  await waitFor(`central: ${n} clients synced`, () => providers.every(p => p.synced), 60_000)
-  const offline = providers.filter((_, i) => i % 2 === 1)
   return {
     name: 'central',
-    // A y-websocket client has no acknowledgement: a write is done once handed to the socket.
-    replicas: docs.map(doc => ({ doc, write: async (key, value) => { doc.getMap('m').set(key, value) } })),
+    shards,
+    write: shardedWrite(shards),
     sideConnected: (side) => side === 0,
-    async split () {
-      for (const p of offline) p.disconnect()
-      await waitFor('half the clients offline', () => offline.every(p => !p.wsconnected))
-    },
-    async heal () {
-      for (const p of offline) p.connect()
-    },
+    async split () { await shards.all('split') },
+    async heal () { await shards.all('heal', () => ({ links: [] })) },
     async stop () {
-      for (const p of providers) p.destroy()
-      for (const d of docs) d.destroy()
-      await relay.stop()
+      try { await shards.stop() } finally { await relay.stop() }
     }
   }
 }
 
 // --- the workload ----------------------------------------------------------------------------
 
-/** Counts keys arriving on every replica; `expect(prefix, count)` resolves when all have them. */
-function arrivals (setup: Setup): { latencies: (key: string) => number[] | undefined, waitAll: (keys: string[], ms: number) => Promise<number>, stop: () => void } {
-  const seen = new Map<string, number[]>()
-  const stops: Array<() => void> = []
-  setup.replicas.forEach((r, i) => {
-    const map = r.doc.getMap('m')
-    const f = (evt: Y.YMapEvent<unknown>): void => {
-      const now = performance.now()
-      for (const k of evt.keysChanged) {
-        let times = seen.get(k)
-        if (times == null) { times = new Array(setup.replicas.length).fill(NaN); seen.set(k, times) }
-        if (Number.isNaN(times[i])) times[i] = now
-      }
-    }
-    map.observe(f)
-    stops.push(() => map.unobserve(f))
-  })
-  return {
-    latencies: (key) => seen.get(key),
-    async waitAll (keys, ms) {
-      const deadline = performance.now() + ms
-      for (;;) {
-        let last = 0
-        let complete = true
-        for (const k of keys) {
-          const t = seen.get(k)
-          if (t == null || t.some(Number.isNaN)) { complete = false; break }
-          for (const x of t) if (x > last) last = x
-        }
-        if (complete) return last
-        if (performance.now() > deadline) throw new Error(`${setup.name}: not every replica got ${keys.length} keys within ${ms} ms`)
-        await sleep(2)
-      }
-    },
-    stop: () => { for (const s of stops) s() }
-  }
-}
-
 let phase = 0
+
+async function totalWireBytes (setup: Setup): Promise<number> {
+  return wireBytes + (await setup.shards.all<number>('wireBytes')).reduce((a, b) => a + b, 0)
+}
 
 /** Writes one update at a time from rotating writers; per write, the time until every replica applied it. */
 async function propagation (setup: Setup, writes: number): Promise<{ p50: number, p99: number, all: number[], cpuPerWrite: number }> {
-  const tag = `p${phase++}`
-  const watch = arrivals(setup)
+  const tag = `p${phase++}-`
   const all: number[] = []
   const cpu0 = process.cpuUsage()
   try {
     for (let i = 0; i < writes; i++) {
-      const key = `${tag}-${i}`
-      const writer = setup.replicas[i % setup.replicas.length]
-      const t0 = performance.now()
-      await writer.write(key, i)
-      const last = await watch.waitAll([key], 30_000)
+      const key = `${tag}${i}`
+      const t0 = now()
+      await setup.write(i % setup.shards.n, key, i)
+      const last = await setup.shards.waitAll([key], 30_000)
       all.push(last - t0)
       await sleep(5)
     }
-  } finally { watch.stop() }
-  // Every node shares this process's CPU: a write's latency here includes waiting for the work
+  } finally { await setup.shards.forget(tag) }
+  // The nodes share this machine's cores: a write's latency here includes waiting for the work
   // of all the others, which real nodes would do in parallel.
   const cpu = process.cpuUsage(cpu0)
   return { p50: percentile(all, 0.5), p99: percentile(all, 0.99), all, cpuPerWrite: (cpu.user + cpu.system) / 1000 / writes }
+}
+
+/** `keys` spread over `writers` round robin, grouped by the shard that hosts each writer. */
+function writeMany (setup: Setup, writers: number[], keys: string[]): Promise<number[]> {
+  const perShard = setup.shards.workers.map((): Array<[number, string[]]> => [])
+  writers.forEach((w, wi) => {
+    perShard[setup.shards.shardOf(w)].push([w, keys.filter((_, i) => i % writers.length === wi)])
+  })
+  return setup.shards.all<number>('writeMany', s => ({ writers: perShard[s] }))
 }
 
 /**
@@ -424,101 +376,74 @@ async function propagation (setup: Setup, writes: number): Promise<{ p50: number
  * or spread over all: updates/s until every replica has every one. Also bytes on the wire.
  */
 async function throughput (setup: Setup, count: number, allWriters: boolean): Promise<{ perSecond: number, wirePerUpdatePerReceiver: number, rawPerUpdate: number }> {
-  const tag = `t${phase++}`
-  const watch = arrivals(setup)
-  const writers = allWriters ? setup.replicas : [setup.replicas[0]]
-  let raw = 0
-  const offs = writers.map(w => {
-    // Local writes carry no transaction origin on either side; remote ones carry their source.
-    const f = (u: Uint8Array, origin: unknown): void => { if (origin == null) raw += u.length }
-    w.doc.on('update', f)
-    return () => w.doc.off('update', f)
-  })
+  const tag = `t${phase++}-`
+  const n = setup.shards.n
+  const writers = allWriters ? Array.from({ length: n }, (_, i) => i) : [0]
   const keys: string[] = []
-  for (let i = 0; i < count; i++) keys.push(`${tag}-${i}`)
+  for (let i = 0; i < count; i++) keys.push(`${tag}${i}`)
   await sleep(200)
-  const wire0 = wireBytes
-  const before = setup.counters?.()
+  const wire0 = await totalWireBytes(setup)
+  const before = await setup.counters?.()
   const cpu0 = process.cpuUsage()
-  const t0 = performance.now()
+  const t0 = now()
   try {
-    await Promise.all(writers.map(async (w, wi) => {
-      let inflight: Array<Promise<void>> = []
-      for (let i = wi; i < count; i += writers.length) {
-        inflight.push(w.write(keys[i], i))
-        if (inflight.length >= WINDOW) { await Promise.all(inflight); inflight = [] }
-      }
-      await Promise.all(inflight)
-    }))
-    const last = await watch.waitAll(keys, WAIT_MS)
-    const wire = wireBytes - wire0
-    const rawLocal = raw
+    const raw = (await writeMany(setup, writers, keys)).reduce((a, b) => a + b, 0)
+    const last = await setup.shards.waitAll(keys, WAIT_MS)
+    const cpu = process.cpuUsage(cpu0)
+    const wire = await totalWireBytes(setup) - wire0
     if (before != null) {
-      const after = setup.counters!()
-      const cpu = process.cpuUsage(cpu0)
+      const after = (await setup.counters!())
       console.error(`  ${allWriters ? 'all writers' : 'one writer'}: ${Object.entries(after).map(([k, v]) => `${k} ${v - before[k]}`).join(', ')}; process CPU ${round((cpu.user + cpu.system) / 1000)} ms in ${round(last - t0)} ms`)
     }
     return {
       perSecond: count / ((last - t0) / 1000),
-      wirePerUpdatePerReceiver: wire / (count * (setup.replicas.length - 1)),
-      rawPerUpdate: rawLocal / count
+      wirePerUpdatePerReceiver: wire / (count * (n - 1)),
+      rawPerUpdate: raw / count
     }
-  } finally {
-    watch.stop()
-    for (const off of offs) off()
-  }
+  } finally { await setup.shards.forget(tag) }
 }
 
 /** Splits, makes `perSide` updates on each side, heals: time from the heal until every replica is equal. */
 async function partition (setup: Setup, perSide: number): Promise<number> {
-  const tag = `x${phase++}`
-  const watch = arrivals(setup)
+  const tag = `x${phase++}-`
+  const { shards } = setup
   try {
     await setup.split()
-    const sides = [setup.replicas.filter((_, i) => i % 2 === 0), setup.replicas.filter((_, i) => i % 2 === 1)]
-    const keys: string[] = []
-    await Promise.all(sides.map(async (side, s) => {
-      let inflight: Array<Promise<void>> = []
-      for (let i = 0; i < perSide; i++) {
-        const key = `${tag}-${s}-${i}`
-        keys.push(key)
-        inflight.push(side[i % side.length].write(key, i))
-        if (inflight.length >= 100) { await Promise.all(inflight); inflight = [] }
-      }
-      await Promise.all(inflight)
-    }))
+    const sides = [0, 1].map(s => Array.from({ length: shards.n }, (_, i) => i).filter(i => i % 2 === s))
+    const keysOf = sides.map((_, s) => Array.from({ length: perSide }, (_, i) => `${tag}${s}-${i}`))
+    await Promise.all(sides.map(async (side, s) => writeMany(setup, side, keysOf[s])))
     // Each side settles first, so what is measured is the healing alone.
-    await Promise.all(sides.map(async (side, s) => {
+    await Promise.all(sides.map(async (_, s) => {
       if (!setup.sideConnected(s)) return
-      const mine = keys.filter(k => k.startsWith(`${tag}-${s}-`))
       const deadline = performance.now() + WAIT_MS
-      while (!side.every(r => mine.every(k => r.doc.getMap('m').has(k)))) {
+      while (!(await shards.all<boolean>('hasAll', () => ({ keys: keysOf[s], side: s }))).every(Boolean)) {
         if (performance.now() > deadline) throw new Error(`${setup.name}: side ${s} did not settle`)
         await sleep(10)
       }
     }))
-    const t0 = performance.now()
-    const before = setup.counters?.()
+    const keys = keysOf.flat()
+    const before = await setup.counters?.()
     const cpu0 = process.cpuUsage()
+    const t0 = now()
     await setup.heal()
-    await watch.waitAll(keys, WAIT_MS)
-    const sv = (d: Y.Doc): string => JSON.stringify([...Y.decodeStateVector(Y.encodeStateVector(d))].sort((a, b) => a[0] - b[0]))
-    const first = sv(setup.replicas[0].doc)
+    await shards.waitAll(keys, WAIT_MS)
     const deadline = performance.now() + WAIT_MS
-    while (!setup.replicas.every(r => sv(r.doc) === first)) {
+    for (;;) {
+      const svs = (await shards.all<string[]>('stateVectors')).flat()
+      if (svs.every(sv => sv === svs[0])) break
       if (performance.now() > deadline) throw new Error(`${setup.name}: state vectors did not converge`)
       await sleep(5)
     }
-    const ms = performance.now() - t0
+    const ms = now() - t0
     const cpu = process.cpuUsage(cpu0)
     if (before != null) {
-      const after = setup.counters!()
+      const after = await setup.counters!()
       // When each replica had every key: a straggler far behind the median had no path but a late one.
-      const complete = setup.replicas.map((_, i) => Math.max(...keys.map(k => watch.latencies(k)![i])) - t0).sort((a, b) => a - b)
+      const complete = (await shards.all<number[]>('lastArrivals', () => ({ keys }))).flat().map(t => t - t0).sort((a, b) => a - b)
       console.error(`  heal: replicas complete first ${round(complete[0])} median ${round(median(complete))} last ${round(complete[complete.length - 1])} ms; ${Object.entries(after).map(([k, v]) => `${k} ${v - before[k]}`).join(', ')}; process CPU ${round((cpu.user + cpu.system) / 1000)} ms in ${round(ms)} ms`)
     }
     return ms
-  } finally { watch.stop() }
+  } finally { await shards.forget(tag) }
 }
 
 // --- repo size and cold start ---------------------------------------------------------------
@@ -643,7 +568,7 @@ interface SizeResult {
 
 async function main (): Promise<void> {
   console.log(`documents benchmark; load average ${load()}; fsync ${FSYNC ? 'on' : 'off'}; ${ROUNDS} round(s), mesh and central interleaved, medians`)
-  console.log('transport: real TCP on 127.0.0.1 (Noise, yamux) for the mesh, WebSocket over TCP on 127.0.0.1 for the central relay; all in one process')
+  console.log(`transport: real TCP on 127.0.0.1 (Noise, yamux) for the mesh, WebSocket over TCP on 127.0.0.1 for the central relay; replicas in ${THREADS} worker thread(s) of one process, the relay in the main thread`)
   const results: SizeResult[] = []
   for (const n of SIZES) {
     const t0 = performance.now()
@@ -702,7 +627,7 @@ async function main (): Promise<void> {
   if (cold != null) rows.push([`new replica loads ${round(cold.bytes / 1e6)} MB doc (ms)`, `${round(cold.snapshotMs)} (snapshot) / ${round(cold.streamMs)} (stream)`, round(cold.centralMs), '-', '-'])
   console.log(table(['figure', 'mesh', 'central y-websocket', 'target', 'mesh'], rows))
   console.log(`load average at the end ${load()}`)
-  console.log(JSON.stringify({ bench: 'docs', fsync: FSYNC, rounds: ROUNDS, loadavg: loadavg(), results, repo, cold }))
+  console.log(JSON.stringify({ bench: 'docs', fsync: FSYNC, threads: THREADS, rounds: ROUNDS, loadavg: loadavg(), results, repo, cold }))
 }
 
 main().then(() => process.exit(0), (err) => {

@@ -117,6 +117,34 @@ describe('document store', () => {
     assert.deepEqual(Y.encodeStateVector(loaded), Y.encodeStateVector(doc))
   })
 
+  it('compacts a large document only once its log holds half as many bytes as its snapshot', async () => {
+    const dir = await dirs.make('doc-store-')
+    const store = await openDocStore(dir, { compactEvery: 10 })
+    const doc = new Y.Doc()
+    const updates: Uint8Array[] = []
+    doc.on('update', (u: Uint8Array) => updates.push(u))
+    doc.getText('t').insert(0, randomBytes(20_000).toString('hex'))
+    await store.compact('big', doc)
+    updates.length = 0
+    const snapBytes = (await store.snapshot('big'))!.length
+    let logged = 0
+    // Tiny edits: 10 records of a few bytes each are far from half the 40 KB snapshot.
+    while (logged < snapBytes / 2) {
+      doc.getMap('m').set('n', logged)
+      const u = updates.shift()!
+      await store.append('big', u)
+      // A compaction runs after the append resolves, on the document's queue: wait for it.
+      await store.snapshot('big')
+      logged += u.length + 8
+      if (logged < snapBytes / 2) assert.equal(store.stats.compactions, 1, `compacted with ${logged} log bytes against a ${snapBytes}-byte snapshot`)
+    }
+    assert.equal(store.stats.compactions, 2, 'compacted once the log reached half the snapshot')
+    await store.close()
+    const loaded = (await (await openDocStore(dir)).load('big'))!
+    assert.deepEqual(Y.encodeStateVector(loaded), Y.encodeStateVector(doc))
+    assert.equal(loaded.getMap('m').get('n'), doc.getMap('m').get('n'))
+  })
+
   it('refuses document IDs that are not one plain file name', async () => {
     const dir = await dirs.make('doc-store-')
     const store = await openDocStore(dir)
