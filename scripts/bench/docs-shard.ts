@@ -73,8 +73,8 @@ let redials: Promise<unknown> = Promise.resolve()
 
 // --- arrivals: when each key reached each hosted replica -------------------------------------
 
-/** key → arrival time on each hosted replica (NaN until it arrives). */
-const seen = new Map<string, number[]>()
+/** key → arrival time on each hosted replica (NaN until it arrives), and on how many it has. */
+const seen = new Map<string, { times: number[], count: number }>()
 let arrived: Array<[string, number]> = []
 let flushing = false
 
@@ -82,11 +82,11 @@ function watch (r: Replica, slot: number): void {
   r.doc.getMap('m').observe((evt: Y.YMapEvent<unknown>) => {
     const t = now()
     for (const k of evt.keysChanged) {
-      let times = seen.get(k)
-      if (times == null) { times = new Array(replicas.length).fill(NaN); seen.set(k, times) }
-      if (!Number.isNaN(times[slot])) continue
-      times[slot] = t
-      if (times.every(x => !Number.isNaN(x))) arrived.push([k, t])
+      let s = seen.get(k)
+      if (s == null) { s = { times: new Array(replicas.length).fill(NaN), count: 0 }; seen.set(k, s) }
+      if (!Number.isNaN(s.times[slot])) continue
+      s.times[slot] = t
+      if (++s.count === replicas.length) arrived.push([k, t])
     }
     if (arrived.length > 0 && !flushing) {
       flushing = true
@@ -255,7 +255,7 @@ const ops: Record<string, (args: any) => Promise<unknown>> = {
   },
   /** Per hosted replica, the time the last of `keys` reached it. */
   async lastArrivals ({ keys }: { keys: string[] }) {
-    return replicas.map((_, slot) => Math.max(...keys.map(k => seen.get(k)?.[slot] ?? NaN)))
+    return replicas.map((_, slot) => Math.max(...keys.map(k => seen.get(k)?.times[slot] ?? NaN)))
   },
   async forget ({ prefix }: { prefix: string }) {
     for (const k of seen.keys()) if (k.startsWith(prefix)) seen.delete(k)

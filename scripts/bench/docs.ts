@@ -3,9 +3,13 @@
 // on), against the same workload through one central y-websocket relay with N y-websocket clients,
 // measured in the same run, rounds interleaved.
 //
-//   node scripts/bench/docs.ts [--sizes 10,50] [--rounds 2] [--writes 150] [--burst 2000]
+//   node scripts/bench/docs.ts [--sizes 10,50] [--rounds 3] [--writes 150] [--burst 10000]
 //                              [--partition 1000] [--repo-updates 100000] [--cold-mb 10]
 //                              [--threads 2] [--no-fsync] [--skip repo,cold]
+//
+// `--burst` updates per throughput phase: 10,000 (2,000 until 2026-12-06), so that a phase lasts
+// seconds and its fixed costs (a notice's first trip hop by hop, the first message of each writer)
+// are not most of what it times: with 2,000, a 50-node one-writer phase lasted 350-560 ms.
 //
 // The replicas live in `--threads` worker threads (default: one per core), in contiguous blocks
 // (`docs-shard.ts`), so that N nodes on one machine use all its cores as N machines would; with
@@ -42,9 +46,9 @@ import type { ShardData } from './docs-shard.ts'
 const { values: args } = parseArgs({
   options: {
     sizes: { type: 'string', default: '10,50' },
-    rounds: { type: 'string', default: '2' },
+    rounds: { type: 'string', default: '3' },
     writes: { type: 'string', default: '150' },
-    burst: { type: 'string', default: '2000' },
+    burst: { type: 'string', default: '10000' },
     partition: { type: 'string', default: '1000' },
     'repo-updates': { type: 'string', default: '100000' },
     'cold-mb': { type: 'string', default: '10' },

@@ -145,6 +145,30 @@ describe('document store', () => {
     assert.equal(loaded.getMap('m').get('n'), doc.getMap('m').get('n'))
   })
 
+  it('appends to more documents than it keeps logs open for, and to a removed one afresh', async () => {
+    const dir = await dirs.make('doc-store-')
+    let store = await openDocStore(dir)
+    const docs = new Map<string, Y.Doc>()
+    // Two rounds over 80 documents: the second reopens the logs the first had to close.
+    for (let round = 0; round < 2; round++) {
+      await Promise.all(Array.from({ length: 80 }, async (_, i) => {
+        const id = `d${i}`
+        const doc = docs.get(id) ?? new Y.Doc()
+        docs.set(id, doc)
+        await appendEdits(store, id, 2, doc)
+      }))
+    }
+    await store.remove('d0')
+    const fresh = await appendEdits(store, 'd0', 1)
+    await store.close()
+    store = await openDocStore(dir)
+    for (const [id, doc] of docs) {
+      if (id !== 'd0') sameState((await store.load(id))!, doc)
+    }
+    sameState((await store.load('d0'))!, fresh)
+    await store.close()
+  })
+
   it('refuses document IDs that are not one plain file name', async () => {
     const dir = await dirs.make('doc-store-')
     const store = await openDocStore(dir)
