@@ -255,7 +255,8 @@ export const documents: FeatureFactory = (node, init) => {
       store = await openDocStore(dir, {
         fsync: init.repoPath != null,
         compactEvery: typeof init.config?.docsCompactEvery === 'number' ? init.config.docsCompactEvery : undefined,
-        onCompacted: async (docId, state) => offerSnapshot(docId, state)
+        onCompacted: async (docId, state) => offerSnapshot(docId, state),
+        liveDoc: (docId) => sync?.opened(docId)
       })
       const docStore = store
       sync = docSync({

@@ -165,6 +165,8 @@ export interface DocSync {
   /** Leaves a document's replication; the Y.Doc stays usable but is no longer saved or shared. */
   close: (docId: string) => Promise<void>
   docs: () => string[]
+  /** The Y.Doc of an open document (everything its store holds, and what is on its way there). */
+  opened: (docId: string) => Y.Doc | undefined
   /**
    * Runs `fn` in one transaction and resolves once its update is on disk and published: the
    * acknowledged write. Editing the Y.Doc directly works too, but acknowledges nothing.
@@ -1106,6 +1108,7 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
     open: openPublic,
     close: closeDoc,
     docs: () => [...open.keys()].sort(),
+    opened: (docId) => open.get(docId)?.doc,
     async transact (docId, fn) {
       const entry = getOpen(docId)
       if (!isWriter(docId, self)) throw new Error(`this node may not write document ${docId}`)

@@ -123,8 +123,9 @@ async function startMesh (): Promise<Array<{ index: number, peerId: string, addr
     }))
     allowColocation(libp2p.services.pubsub!)
     selfId = libp2p.peerId.toString()
-    const store = await openDocStore(dir, { fsync: data.fsync })
-    const sync = docSync({ libp2p, store }, { network: data.network })
+    let sync: DocSync | undefined
+    const store = await openDocStore(dir, { fsync: data.fsync, liveDoc: (id) => sync?.opened(id) })
+    sync = docSync({ libp2p, store }, { network: data.network })
     await sync.start()
     nodes.push({ libp2p, store, sync, dir, side: index % 2 })
   }
@@ -275,7 +276,8 @@ const ops: Record<string, (args: any) => Promise<unknown>> = {
       fetches: sum(st => st.gossip.fetches),
       relayed: sum(st => st.sync.relayed),
       sessions: sum(st => st.sync.sessions),
-      syncKB: Math.round(sum(st => st.sync.bytesSent) / 1024)
+      syncKB: Math.round(sum(st => st.sync.bytesSent) / 1024),
+      compactions: nodes.reduce((a, nd) => a + nd.store.stats.compactions, 0)
     }
   },
   async wireBytes () {

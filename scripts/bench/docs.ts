@@ -349,6 +349,7 @@ async function totalWireBytes (setup: Setup): Promise<number> {
 async function propagation (setup: Setup, writes: number): Promise<{ p50: number, p99: number, all: number[], cpuPerWrite: number }> {
   const tag = `p${phase++}-`
   const all: number[] = []
+  const before = await setup.counters?.()
   const cpu0 = process.cpuUsage()
   try {
     for (let i = 0; i < writes; i++) {
@@ -360,6 +361,11 @@ async function propagation (setup: Setup, writes: number): Promise<{ p50: number
       await sleep(5)
     }
   } finally { await setup.shards.forget(tag) }
+  if (before != null) {
+    const after = await setup.counters!()
+    const slowest = [...all].sort((a, b) => b - a).slice(0, 3).map(x => round(x)).join(', ')
+    console.error(`  propagation: slowest ${slowest} ms; ${Object.entries(after).map(([k, v]) => `${k} ${v - before[k]}`).join(', ')}`)
+  }
   // The nodes share this machine's cores: a write's latency here includes waiting for the work
   // of all the others, which real nodes would do in parallel.
   const cpu = process.cpuUsage(cpu0)

@@ -108,7 +108,8 @@ describe('document store', () => {
       await store.append('big', u)
     }
     const [entry] = await store.list()
-    assert.ok(store.stats.compactions >= 9, `compacted ${store.stats.compactions} times`)
+    // Every 10 to 15 records (the count has jitter): at least 6 times in 100.
+    assert.ok(store.stats.compactions >= 6, `compacted ${store.stats.compactions} times`)
     assert.ok(entry.bytes < written / 5, `${entry.bytes} bytes on disk for ${written} bytes of updates`)
     await store.compact('big', doc)
     await store.close()
@@ -143,6 +144,26 @@ describe('document store', () => {
     const loaded = (await (await openDocStore(dir)).load('big'))!
     assert.deepEqual(Y.encodeStateVector(loaded), Y.encodeStateVector(doc))
     assert.equal(loaded.getMap('m').get('n'), doc.getMap('m').get('n'))
+  })
+
+  it('compacts from the live document when its owner holds one', async () => {
+    const dir = await dirs.make('doc-store-')
+    const live = new Y.Doc()
+    let store = await openDocStore(dir, { compactEvery: 10, liveDoc: (id) => id === 'live' ? live : undefined })
+    await appendEdits(store, 'live', 30, live)
+    // An edit the live document holds that was never appended (its append still on the way): only
+    // a snapshot taken from the live document has it.
+    live.getMap('m').set('in-flight', true)
+    await appendEdits(store, 'live', 10, live)
+    await store.snapshot('live')
+    assert.ok(store.stats.compactions >= 1)
+    const snap = new Y.Doc()
+    Y.applyUpdate(snap, (await store.snapshot('live'))!)
+    assert.equal(snap.getMap('m').get('in-flight'), true, 'the snapshot is the live document\'s state')
+    await store.close()
+    store = await openDocStore(dir)
+    sameState((await store.load('live'))!, live)
+    await store.close()
   })
 
   it('appends to more documents than it keeps logs open for, and to a removed one afresh', async () => {
