@@ -282,7 +282,9 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
   const streams = new Set<Stream>()
   const parsedGossip = new WeakMap<Message, Parsed>()
   let topologyId: string | undefined
-  let timer: ReturnType<typeof setInterval> | undefined
+  let timer: ReturnType<typeof setTimeout> | undefined
+  /** Anti-entropy rounds are scheduled (each one schedules the next). */
+  let ticking = false
   let started = false
   let roundRunning: Promise<void> | undefined
 
@@ -1175,13 +1177,23 @@ export function docSync (components: DocSyncComponents, init: DocSyncInit): DocS
         if (entry.gossip && pubsub != null && !pubsub.getTopics().includes(entry.topic)) pubsub.subscribe(entry.topic)
       }
       if (antiEntropyIntervalMs > 0) {
-        timer = setInterval(() => { void antiEntropyRound() }, antiEntropyIntervalMs)
-        timer.unref()
+        // Each wait drawn between half and one and a half intervals: nodes started together (a
+        // cluster, a benchmark, a simulation) otherwise run their rounds in the same instant, every
+        // session encoding a whole delete set; at 50 replicas in two threads, writes made then
+        // waited 130-240 ms.
+        const next = (): void => {
+          if (!ticking) return
+          timer = setTimeout(() => { void antiEntropyRound().finally(next) }, antiEntropyIntervalMs * (0.5 + Math.random()))
+          timer.unref()
+        }
+        ticking = true
+        next()
       }
     },
     async stop () {
       if (!started) return
-      if (timer != null) clearInterval(timer)
+      ticking = false
+      if (timer != null) clearTimeout(timer)
       for (const id of [...open.keys()]) await closeDoc(id)
       started = false
       pubsub?.removeEventListener('message', onGossip)

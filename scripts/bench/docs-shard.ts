@@ -69,6 +69,8 @@ const providers: WebsocketProvider[] = []
 /** Mesh: every node's side, by peer ID (all shards'), and whether the sides are cut apart. */
 const sideOf = new Map<string, number>()
 let splitNow = false
+let connectionsBeforeSplit = 0
+const connectionCount = (): number => nodes.reduce((a, nd) => a + nd.libp2p.getConnections().length, 0)
 let redials: Promise<unknown> = Promise.resolve()
 
 // --- arrivals: when each key reached each hosted replica -------------------------------------
@@ -276,6 +278,8 @@ const ops: Record<string, (args: any) => Promise<unknown>> = {
       fetches: sum(st => st.gossip.fetches),
       relayed: sum(st => st.sync.relayed),
       sessions: sum(st => st.sync.sessions),
+      antiEntropy: sum(st => st.antiEntropy.sessions),
+      connections: connectionCount(),
       syncKB: Math.round(sum(st => st.sync.bytesSent) / 1024),
       compactions: nodes.reduce((a, nd) => a + nd.store.stats.compactions, 0)
     }
@@ -290,6 +294,7 @@ const ops: Record<string, (args: any) => Promise<unknown>> = {
       return
     }
     await redials
+    connectionsBeforeSplit = connectionCount()
     splitNow = true
     await Promise.all(nodes.map(async nd => {
       for (const c of nd.libp2p.getConnections()) if (cross(nd.libp2p.peerId.toString(), c.remotePeer)) await c.close().catch(() => {})
@@ -303,6 +308,15 @@ const ops: Record<string, (args: any) => Promise<unknown>> = {
     }
     splitNow = false
     redials = Promise.all(links.map(async ([from, addr]) => nodeAt(from).libp2p.dial(multiaddr(addr)).catch(() => {})))
+  },
+  /**
+   * Resolves once the links a heal redials are back, and as many connections as before the split
+   * (libp2p reconnects some peers itself, with backoff, seconds later): the next phase starts on a
+   * settled mesh. Gives up waiting after 15 s.
+   */
+  async settle () {
+    await redials
+    await waitFor('connections back', () => connectionCount() >= connectionsBeforeSplit, 15_000).catch(() => {})
   },
   async stop () {
     await redials
