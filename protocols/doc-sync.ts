@@ -89,7 +89,7 @@ export interface DocSyncInit {
   maxMessageBytes?: number
   /** Largest stream frame accepted or sent; a document's missing part must fit. Default 16 MiB. */
   maxSyncMessageBytes?: number
-  /** How often to compare state vectors with a random peer per document. Default 30 s; 0 never. */
+  /** How often to compare state vectors with a random peer per document (each wait drawn between 0.5 and 1.5 times it). Default 30 s; 0 never. */
   antiEntropyIntervalMs?: number
   /**
    * Update bytes an anti-entropy round may move in each direction (state vectors aside). A
