@@ -8,7 +8,6 @@
 // Messages: the coordinator sends `{ id, op, args }` and gets `{ id, value }` or `{ id, error }`;
 // the shard also posts `{ arrived: [[key, time], …] }` once a key is on every replica it hosts.
 import { mkdtemp, rm } from 'node:fs/promises'
-import net from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parentPort, workerData } from 'node:worker_threads'
@@ -21,6 +20,7 @@ import * as Y from 'yjs'
 import { openDocStore } from '../../node/doc-store.ts'
 import { libp2pOptions } from '../../node/libp2p.ts'
 import { docSync } from '../../protocols/doc-sync.ts'
+import { countWireBytes } from './lib/wire.ts'
 import type { DocStore } from '../../node/doc-store.ts'
 import type { MeshServices } from '../../node/libp2p.ts'
 import type { DocSync } from '../../protocols/doc-sync.ts'
@@ -47,13 +47,7 @@ const data = workerData as ShardData
 const port = parentPort!
 const now = (): number => performance.timeOrigin + performance.now()
 
-// Bytes on the wire: every TCP write of this thread (libp2p's TCP and ws both write to net.Socket).
-let wireBytes = 0
-const socketWrite = net.Socket.prototype.write
-net.Socket.prototype.write = function (this: net.Socket, chunk: any, ...rest: any[]) {
-  wireBytes += typeof chunk === 'string' ? Buffer.byteLength(chunk) : chunk.length
-  return (socketWrite as any).call(this, chunk, ...rest)
-} as any
+const wireBytes = countWireBytes()
 
 interface Replica {
   index: number
@@ -285,7 +279,7 @@ const ops: Record<string, (args: any) => Promise<unknown>> = {
     }
   },
   async wireBytes () {
-    return wireBytes
+    return wireBytes()
   },
   async split () {
     if (data.kind === 'central') {

@@ -41,6 +41,7 @@ import { documents, documentsOf } from '../../node/documents.ts'
 import { tuneGarbageCollection } from '../../node/gc-tuning.ts'
 import { MeshNode } from '../../node/mesh-node.ts'
 import { median, percentile, prng, round, table } from './lib/stats.ts'
+import { countWireBytes } from './lib/wire.ts'
 import type { ShardData } from './docs-shard.ts'
 
 const { values: args } = parseArgs({
@@ -76,14 +77,8 @@ const now = (): number => performance.timeOrigin + performance.now()
 // Nodes run V8 as `mesh start` runs it (node/gc-tuning.ts; MESH_V8_DEFAULT_GC=1 for V8's default).
 tuneGarbageCollection()
 
-// --- bytes on the wire: every TCP write of this thread (the central relay); shards count their own ---
-
-let wireBytes = 0
-const socketWrite = net.Socket.prototype.write
-net.Socket.prototype.write = function (this: net.Socket, chunk: any, ...rest: any[]) {
-  wireBytes += typeof chunk === 'string' ? Buffer.byteLength(chunk) : chunk.length
-  return (socketWrite as any).call(this, chunk, ...rest)
-} as any
+/** Bytes this thread (the central relay) writes to sockets; the shards count their own. */
+const wireBytes = countWireBytes()
 
 // --- the shards: worker threads hosting the replicas ----------------------------------------
 
@@ -342,7 +337,7 @@ async function centralSetup (n: number): Promise<Setup> {
 let phase = 0
 
 async function totalWireBytes (setup: Setup): Promise<number> {
-  return wireBytes + (await setup.shards.all<number>('wireBytes')).reduce((a, b) => a + b, 0)
+  return wireBytes() + (await setup.shards.all<number>('wireBytes')).reduce((a, b) => a + b, 0)
 }
 
 /** Writes one update at a time from rotating writers; per write, the time until every replica applied it. */
