@@ -66,9 +66,10 @@ export interface DocStoreOptions {
   /**
    * The document as its owner holds it, if it holds it: loaded from this store and kept up to date
    * by every update appended since (doc-sync's open documents). A compaction then writes its state
-   * as it is, instead of reading the snapshot and the log back and replaying them: at 50 replicas
-   * of a document that had grown to 1 MB, the replays took the event loop for ~100 ms each, all at
-   * once, and the writes that reached a node then waited for it (propagation p99 60 -> 200-560 ms).
+   * as it is, instead of reading the snapshot and the log back and replaying them, which costs as
+   * much as loading the document again and holds the event loop while it runs (in the documents
+   * benchmark, 50 replicas of a 1 MB document compacting together: propagation p99 60 -> 200-560
+   * ms in the rounds where they did).
    */
   liveDoc?: (docId: string) => Y.Doc | undefined
 }

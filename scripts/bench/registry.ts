@@ -24,7 +24,8 @@
 // is |p_i - p_j| + h_i + h_j (Vivaldi's own model, so the estimate error measures the system, not
 // the model). @libp2p/memory's `latency` delays both directions of a connection by the *listener's*
 // latency (so an RTT would depend on who dialled), so it runs at 0 and a thin wrapper delays each
-// chunk a node receives by half the pair's RTT, keeping order (a pipe, not a queue of sleeps).
+// chunk a node receives by its half of the pair's RTT (RTTs in whole ms, see delayedMemory), keeping
+// order (a pipe, not a queue of sleeps).
 //
 // Each size runs in a fresh child process; the parent prints a table and a final JSON line.
 import { readFileSync } from 'node:fs'
