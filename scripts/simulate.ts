@@ -8,6 +8,10 @@
 //                       [--rate 10] [--latency 1-40] [--features docs,descriptors] [--docs 2]
 //                       [--converge-bound 30] [--lookup-tolerance 1] [--settle 5] [--min-peers 8]
 //
+// SIM_DEBUG=1 prints, for each failed lookup, what the mesh knew of its target then (its age,
+// the live nodes connected to it and holding its addresses): 1-2 lookups of ~220 fail in some
+// runs of 100 nodes, none in others, and the cause is not known yet.
+//
 // Invocations (functions feature) are left out: each one compiles and instantiates a Wasm module
 // and needs an artifact fetched over bitswap first, which costs more CPU per operation than the
 // rest of the workload on a 2-core machine; the functions benchmark covers them.
@@ -275,6 +279,13 @@ async function lookup (): Promise<void> {
   } catch (err: any) {
     outcome = 'failed'
     reason = failureReason(err).replace(/\(\d+ peers asked\)/, '(n peers asked)')
+    if (process.env.SIM_DEBUG != null) {
+      const live = cluster.live()
+      const connected = live.filter(s => s.node!.libp2p.getConnections().some(c => c.remotePeer.toString() === to.peerId)).map(s => s.index)
+      let known = 0
+      for (const s of live) if (s !== to && (await s.node!.libp2p.peerStore.get(peerIdFromString(to.peerId)).then(p => p.addresses.length > 0, () => false))) known++
+      log(`DEBUG lookup ${from.index} -> ${to.index} failed after ${Math.round(performance.now() - started)} ms: ${err?.message}; target up ${Math.round((performance.now() - to.upSince!) / 1000)} s, starts ${to.starts}, side ${cluster.sideOf(to)}/${cluster.sideOf(from)}; connected to it: ${connected.length} (${connected.slice(0, 8).join(',')}); in peer stores: ${known}/${live.length}; from has ${from.node!.libp2p.getConnections().length} connections`)
+    }
   }
   const ms = performance.now() - started
   const disturbed = before[0] !== from.incarnation || before[1] !== to.incarnation || before[2] !== cluster.partitionEpoch
