@@ -121,4 +121,36 @@ describe('a lookup whose DHT query ends without the target', () => {
     assertFound(found, t, 'T\'s listen address was found')
     assert.ok(found.queried >= 2, `both N1 (the query) and N2 (the second pass) were asked, got ${found.queried}`)
   })
+
+  it('with every neighbour asked, dials peers it knows by address and asks them', async () => {
+    const [q, n1, n2, t] = await Promise.all(Array.from({ length: 4 }, async () => new MeshNode({ privateKey: await generateKeyPair('Ed25519'), gossip: false, minPeers: 0 })))
+    nodes.push(q, n1, n2, t)
+    for (const node of [q, n1, n2, t]) await node.start()
+    const table = (node: MeshNode): any => (node.libp2p.services.dht as any).routingTable
+    await q.connect(n1.libp2p.getMultiaddrs()[0].toString())
+    await q.connect(n2.libp2p.getMultiaddrs()[0].toString())
+    await n2.connect(t.libp2p.getMultiaddrs()[0].toString())
+    await waitFor('Q to take N1 into its routing table, and N2 to take T', async () =>
+      (await table(q).find(n1.peerId)) != null && (await table(n2).find(t.peerId)) != null)
+    // Q keeps N2's address but neither its connection nor its table entry: only N1 is left to ask.
+    table(q).add = async () => {}
+    await table(q).remove(n2.peerId)
+    await q.libp2p.hangUp(n2.peerId)
+    await table(q).remove(t.peerId)
+    await q.libp2p.hangUp(t.peerId)
+    await q.libp2p.peerStore.delete(t.peerId)
+    for (const peer of [n2.peerId, t.peerId]) {
+      await table(n1).remove(peer)
+      await n1.libp2p.hangUp(peer)
+      await n1.libp2p.peerStore.delete(peer)
+    }
+    assert.equal(await n1.libp2p.peerStore.has(t.peerId), false, 'N1 must not know T')
+    assert.equal(await q.libp2p.peerStore.has(t.peerId), false, 'Q must not know T')
+    assert.ok(((await q.libp2p.peerStore.get(n2.peerId)).addresses.length) > 0, 'Q knows N2\'s address')
+    assert.deepEqual(q.libp2p.getConnections().map(c => c.remotePeer.toString()), [n1.peerId.toString()], 'Q is connected to N1 alone')
+
+    const found = await q.findPeer(t.peerId, { signal: AbortSignal.timeout(LOOKUP_TIMEOUT) })
+    assertFound(found, t, 'T\'s listen address was found through N2')
+    assert.ok(found.queried >= 2, `N1 (the query) and N2 (dialled by the second pass) were asked, got ${found.queried}`)
+  })
 })
