@@ -284,6 +284,10 @@ async function lookup (): Promise<void> {
       const connected = live.filter(s => s.node!.libp2p.getConnections().some(c => c.remotePeer.toString() === to.peerId)).map(s => s.index)
       let known = 0
       for (const s of live) if (s !== to && (await s.node!.libp2p.peerStore.get(peerIdFromString(to.peerId)).then(p => p.addresses.length > 0, () => false))) known++
+      const fromKnows = await from.node!.libp2p.peerStore.all({ filters: [(p) => p.addresses.length > 0] })
+      const holders = new Set(live.filter(s => connected.includes(s.index)).map(s => s.peerId))
+      const knowsHolder = fromKnows.filter(p => holders.has(p.id.toString())).length
+      log(`DEBUG from knows ${fromKnows.length} peers by address, ${knowsHolder} of them connected to the target`)
       log(`DEBUG lookup ${from.index} -> ${to.index} failed after ${Math.round(performance.now() - started)} ms: ${err?.message}; target up ${Math.round((performance.now() - to.upSince!) / 1000)} s, starts ${to.starts}, side ${cluster.sideOf(to)}/${cluster.sideOf(from)}; connected to it: ${connected.length} (${connected.slice(0, 8).join(',')}); in peer stores: ${known}/${live.length}; from has ${from.node!.libp2p.getConnections().length} connections`)
     }
   }
