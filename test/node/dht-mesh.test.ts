@@ -7,6 +7,7 @@ import { generateKeyPair } from '@libp2p/crypto/keys'
 import { dhtProtocol } from '../../node/libp2p.ts'
 import { MeshNode } from '../../node/mesh-node.ts'
 import { mapLimit } from '../../scripts/bench/lib/stats.ts'
+import type { PeerId } from '@libp2p/interface'
 
 const SIZE = 20
 const LOOKUP_TIMEOUT = 10_000
@@ -87,31 +88,40 @@ describe(`a ${SIZE}-node DHT mesh bootstrapped from one seed`, () => {
 describe('a lookup whose DHT query ends without the target', () => {
   const nodes: MeshNode[] = []
   after(async () => { await Promise.all(nodes.map(async node => node.stop())) })
+  const table = (node: MeshNode): any => (node.libp2p.services.dht as any).routingTable
 
-  it('asks the neighbours the query did not ask, and finds the target through them', async () => {
+  /** Q connected to N1 and N2, N2 connected to T; resolves once the tables named by `ready` hold them. */
+  async function fourNodes (ready: (n: { q: MeshNode, n1: MeshNode, n2: MeshNode, t: MeshNode }) => Promise<boolean>): Promise<{ q: MeshNode, n1: MeshNode, n2: MeshNode, t: MeshNode }> {
     const [q, n1, n2, t] = await Promise.all(Array.from({ length: 4 }, async () => new MeshNode({ privateKey: await generateKeyPair('Ed25519'), gossip: false, minPeers: 0 })))
     nodes.push(q, n1, n2, t)
-    for (const node of nodes) await node.start()
-    const table = (node: MeshNode): any => (node.libp2p.services.dht as any).routingTable
+    for (const node of [q, n1, n2, t]) await node.start()
     await q.connect(n1.libp2p.getMultiaddrs()[0].toString())
     await q.connect(n2.libp2p.getMultiaddrs()[0].toString())
     await n2.connect(t.libp2p.getMultiaddrs()[0].toString())
-    await waitFor('Q to take N1 and N2 into its routing table, and N2 to take T', async () =>
+    await waitFor('the routing tables to take their peers', async () => ready({ q, n1, n2, t }))
+    return { q, n1, n2, t }
+  }
+
+  /** `node` drops `peers` from its routing table, its connections and, unless kept, its peer store. */
+  async function forget (node: MeshNode, peers: PeerId[], keepAddresses = false): Promise<void> {
+    for (const peer of peers) {
+      await table(node).remove(peer)
+      await node.libp2p.hangUp(peer)
+      if (!keepAddresses) await node.libp2p.peerStore.delete(peer)
+    }
+  }
+
+  it('asks the neighbours the query did not ask, and finds the target through them', async () => {
+    const { q, n1, n2, t } = await fourNodes(async ({ q, n1, n2, t }) =>
       (await table(q).find(n1.peerId)) != null && (await table(q).find(n2.peerId)) != null && (await table(n2).find(t.peerId)) != null)
     await table(q).remove(n2.peerId)
     // Q's table stays as it is now: an identify push from N2 would otherwise put N2 back before the
     // query starts, and the query alone would find T (seen in CI).
     table(q).add = async () => {}
     // Q's own queries may have asked N2 already and heard of T (and dialled it): forget T too.
-    await table(q).remove(t.peerId)
-    await q.libp2p.hangUp(t.peerId)
-    await q.libp2p.peerStore.delete(t.peerId)
+    await forget(q, [t.peerId])
     // N1 may have heard of N2 (and T) from Q's answers to its own queries; then the query would go on.
-    for (const peer of [n2.peerId, t.peerId]) {
-      await table(n1).remove(peer)
-      await n1.libp2p.hangUp(peer)
-      await n1.libp2p.peerStore.delete(peer)
-    }
+    await forget(n1, [n2.peerId, t.peerId])
     assert.equal(await n1.libp2p.peerStore.has(t.peerId), false, 'N1 must not know T')
     assert.equal(await n1.libp2p.peerStore.has(n2.peerId), false, 'N1 must not know N2')
     assert.equal(await q.libp2p.peerStore.has(t.peerId), false, 'Q must not know T')
@@ -123,27 +133,13 @@ describe('a lookup whose DHT query ends without the target', () => {
   })
 
   it('with every neighbour asked, dials peers it knows by address and asks them', async () => {
-    const [q, n1, n2, t] = await Promise.all(Array.from({ length: 4 }, async () => new MeshNode({ privateKey: await generateKeyPair('Ed25519'), gossip: false, minPeers: 0 })))
-    nodes.push(q, n1, n2, t)
-    for (const node of [q, n1, n2, t]) await node.start()
-    const table = (node: MeshNode): any => (node.libp2p.services.dht as any).routingTable
-    await q.connect(n1.libp2p.getMultiaddrs()[0].toString())
-    await q.connect(n2.libp2p.getMultiaddrs()[0].toString())
-    await n2.connect(t.libp2p.getMultiaddrs()[0].toString())
-    await waitFor('Q to take N1 into its routing table, and N2 to take T', async () =>
+    const { q, n1, n2, t } = await fourNodes(async ({ q, n1, n2, t }) =>
       (await table(q).find(n1.peerId)) != null && (await table(n2).find(t.peerId)) != null)
     // Q keeps N2's address but neither its connection nor its table entry: only N1 is left to ask.
     table(q).add = async () => {}
-    await table(q).remove(n2.peerId)
-    await q.libp2p.hangUp(n2.peerId)
-    await table(q).remove(t.peerId)
-    await q.libp2p.hangUp(t.peerId)
-    await q.libp2p.peerStore.delete(t.peerId)
-    for (const peer of [n2.peerId, t.peerId]) {
-      await table(n1).remove(peer)
-      await n1.libp2p.hangUp(peer)
-      await n1.libp2p.peerStore.delete(peer)
-    }
+    await forget(q, [n2.peerId], true)
+    await forget(q, [t.peerId])
+    await forget(n1, [n2.peerId, t.peerId])
     assert.equal(await n1.libp2p.peerStore.has(t.peerId), false, 'N1 must not know T')
     assert.equal(await q.libp2p.peerStore.has(t.peerId), false, 'Q must not know T')
     assert.ok(((await q.libp2p.peerStore.get(n2.peerId)).addresses.length) > 0, 'Q knows N2\'s address')
