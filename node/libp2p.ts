@@ -130,7 +130,16 @@ export function libp2pOptions (init: Libp2pInit): Libp2pOptions<MeshServices> {
       // one NAT, on one campus or on loopback share an IP, and peers are admitted by key and
       // credential: at 50 nodes on loopback 40 nodes scored their peers negative and the topic
       // mesh never formed.
-      scoreParams: { IPColocationFactorWeight: 0 }
+      scoreParams: { IPColocationFactorWeight: 0 },
+      // Four mesh peers per topic (3-8), not six (4-12): every message reaches a node about D
+      // times, and each copy is decrypted and parsed, each forward encrypted. Documents and
+      // descriptors are also repaired by sync and anti-entropy, so the extra redundancy bought
+      // little. docs bench, 50 nodes, alternated (2026-12-06): all writers 3.7-4.9k -> 4.4-5.2k
+      // updates/s, process CPU per single write -20%, propagation p99 no worse.
+      D: 4,
+      Dlo: 3,
+      Dhi: 8,
+      Dout: 2
     })
   }
   return {
