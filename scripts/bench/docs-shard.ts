@@ -20,6 +20,7 @@ import * as Y from 'yjs'
 import { openDocStore } from '../../node/doc-store.ts'
 import { libp2pOptions } from '../../node/libp2p.ts'
 import { docSync } from '../../protocols/doc-sync.ts'
+import { waitFor } from '../demo/cluster.ts'
 import { countWireBytes } from './lib/wire.ts'
 import type { DocStore } from '../../node/doc-store.ts'
 import type { MeshServices } from '../../node/libp2p.ts'
@@ -191,21 +192,13 @@ const offline = (): WebsocketProvider[] => providers.filter((_, i) => data.indic
 
 // --- commands --------------------------------------------------------------------------------
 
-async function waitFor (what: string, check: () => boolean, ms: number): Promise<void> {
-  const deadline = performance.now() + ms
-  while (!check()) {
-    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise(resolve => setTimeout(resolve, 10))
-  }
-}
-
 const replicaAt = (index: number): Replica => replicas[data.indices.indexOf(index)]
 
 const ops: Record<string, (args: any) => Promise<unknown>> = {
   async start () {
     if (data.kind === 'central') {
       startCentral()
-      await waitFor(`central: ${providers.length} clients synced`, () => providers.every(p => p.synced), 60_000)
+      await waitFor(`central: ${providers.length} clients synced`, () => providers.every(p => p.synced), 60_000, 10)
       return []
     }
     return startMesh()
@@ -219,7 +212,7 @@ const ops: Record<string, (args: any) => Promise<unknown>> = {
       replicas.push({ index: data.indices[replicas.length], doc, write: async (key, value) => nd.sync.transact(data.doc, d => { d.getMap('m').set(key, value) }) })
     }
     replicas.forEach(watch)
-    await waitFor('every node subscribed with gossip peers', () => nodes.every(meshReady), 180_000)
+    await waitFor('every node subscribed with gossip peers', () => nodes.every(meshReady), 180_000, 10)
       .catch((err) => { throw new Error(`${err.message} (${nodes.filter(meshReady).length} of ${nodes.length} ready)`) })
   },
   async meshStats () {
@@ -284,7 +277,7 @@ const ops: Record<string, (args: any) => Promise<unknown>> = {
   async split () {
     if (data.kind === 'central') {
       for (const p of offline()) p.disconnect()
-      await waitFor('half the clients offline', () => offline().every(p => !p.wsconnected), 30_000)
+      await waitFor('half the clients offline', () => offline().every(p => !p.wsconnected), 30_000, 10)
       return
     }
     await redials
@@ -310,7 +303,7 @@ const ops: Record<string, (args: any) => Promise<unknown>> = {
    */
   async settle () {
     await redials
-    await waitFor('connections back', () => connectionCount() >= connectionsBeforeSplit, 15_000).catch(() => {})
+    await waitFor('connections back', () => connectionCount() >= connectionsBeforeSplit, 15_000, 10).catch(() => {})
   },
   async stop () {
     await redials
