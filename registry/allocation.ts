@@ -141,6 +141,25 @@ export function choose (descriptors: readonly EdgeNodeDescriptor[], constraints:
   return { ok: false, needed: count, found: ranked.length, candidates: ranked, exclusions, explanation: explain(exclusions, count, ranked.length) }
 }
 
+/**
+ * Whether an estimated candidate is worth a dial before choosing: it is already connected (a
+ * probe is one round trip), or its estimate times `doubt` is still below the count-th best
+ * measured RTT. Measuring an unconnected node means dialling it first (5-6 round trips and the
+ * handshake's CPU), and an estimate is off by tens of percent: a measured RTT beats an estimate
+ * unless the estimate is clearly lower. With fewer than `count` measured, every one is worth it.
+ */
+export function worthADial (ranked: readonly Choice[], count: number, connected: (c: Choice) => boolean, doubt: number): (c: Choice) => boolean {
+  const bar = ranked.filter(c => c.latencySource === 'measured')[count - 1]?.latencyMs
+  if (bar === undefined) return () => true
+  return (c) => c.latencySource !== 'estimated' || connected(c) || (c.latencyMs !== undefined && c.latencyMs * doubt < bar)
+}
+
+/** Candidates in the order leases are asked for: ranked, but doubtful estimates (see worthADial) after the rest. */
+export function leaseOrder (ranked: readonly Choice[], count: number, connected: (c: Choice) => boolean, doubt: number): Choice[] {
+  const worth = worthADial(ranked, count, connected, doubt)
+  return [...ranked.filter(worth), ...ranked.filter(c => !worth(c))]
+}
+
 export interface Lease {
   readonly id: string
   readonly did: string

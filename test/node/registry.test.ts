@@ -287,4 +287,25 @@ describe('allocation over links of different latency (in-process nodes on @libp2
     assert.ok(out.ok, JSON.stringify(out))
     assert.equal(out.chosen[0].did, gpu.did)
   })
+
+  it('keeps its likeliest lease holder in each other region warm, and none in its own', async () => {
+    const { descriptorsOf } = await import('../../node/descriptors.ts')
+    const { leaseProtocol } = await import('../../protocols/lease.ts')
+    const euNear = await make('rw-eu-near', 'eu-west', 2)
+    const euFar = await make('rw-eu-far', 'eu-west', 25)
+    const us = await make('rw-us', 'us-east', 1)
+    const home = await make('rw-home', 'ap-south', 1)
+    const q = await make('rw-q', 'ap-south', 1, ['rw-eu-near', 'rw-eu-far', 'rw-us', 'rw-home'].map(n => `/memory/${tag}-${n}`))
+    const registry = descriptorsOf(q)
+    const leaseStreamTo = (node: MeshNode): boolean => q.libp2p.getConnections(node.libp2p.peerId)
+      .some(c => c.streams.some(s => s.protocol === leaseProtocol(q.network)))
+    // Q has allocated nothing and no node has an accelerator: only region anticipation opens lease
+    // streams. eu-west's is the nearer of its two nodes once both are measured.
+    await waitFor('Q to open lease streams to the nearer eu-west node and to the us-east one', () => leaseStreamTo(euNear) && leaseStreamTo(us), 30_000)
+    assert.ok(registry.get(home.did) != null && registry.get(euFar.did) != null, 'Q holds every descriptor')
+    assert.equal(leaseStreamTo(home), false, 'its own region is not warmed (it allocates there on itself first)')
+    const out = await registry.allocate({ constraints: parseConstraints('region = us-east') })
+    assert.ok(out.ok, JSON.stringify(out))
+    assert.equal(out.chosen[0].did, us.did)
+  })
 })

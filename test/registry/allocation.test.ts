@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
-import { LeaseError, choose, createLeaseBook } from '../../registry/allocation.ts'
+import { LeaseError, choose, createLeaseBook, leaseOrder, worthADial } from '../../registry/allocation.ts'
 import type { Allocation, LeaseErrorReason } from '../../registry/allocation.ts'
 import { ConstraintError, matches, parseConstraint, parseConstraints } from '../../registry/constraints.ts'
 import type { Constraint } from '../../registry/constraints.ts'
@@ -283,6 +283,40 @@ describe('allocation', () => {
       book.reserve(full.id, 2, 1000)
       const a = choose([full, other], [], { rtt: table([[full, 1], [other, 50]]), reserved: book.reservedFor })
       assert.deepEqual(chosenDids(a), [other.id])
+    })
+  })
+
+  describe('leaseOrder: a measured RTT beats an estimate unless the estimate is clearly lower', () => {
+    // a measured at 20 ms; b estimated 15 (not clearly lower at 1.5x doubt: 22.5 > 20); c
+    // estimated 10 (15 < 20, clearly lower); d estimated 16 but connected (a probe is cheap).
+    const a = node()
+    const b = node()
+    const c = node()
+    const d = node()
+    const ranked = (): ReturnType<typeof choose> => choose([a, b, c, d], [], {
+      count: 4,
+      rtt: table([[a, 20]]),
+      estimate: table([[b, 15], [c, 10], [d, 16]])
+    })
+    const all = (): Parameters<typeof leaseOrder>[0] => { const r = ranked(); assert.ok(r.ok); return r.chosen }
+    const connected = (x: { did: string }): boolean => x.did === d.id
+
+    it('ranks by latency alone, estimates and measurements together', () => {
+      assert.deepEqual(all().map(x => x.did), [c.id, b.id, d.id, a.id])
+    })
+
+    it('asks the measured node before a doubtful estimate, and a clearly nearer or connected one first', () => {
+      assert.deepEqual(leaseOrder(all(), 1, connected, 1.5).map(x => x.did), [c.id, d.id, a.id, b.id])
+      const worth = worthADial(all(), 1, connected, 1.5)
+      assert.deepEqual(all().filter(worth).map(x => x.did), [c.id, d.id, a.id])
+    })
+
+    it('keeps the ranking when fewer than count are measured (nothing to weigh estimates against)', () => {
+      assert.deepEqual(leaseOrder(all(), 2, connected, 1.5).map(x => x.did), [c.id, b.id, d.id, a.id])
+    })
+
+    it('with no doubt at all, every estimate below the measurement is worth it', () => {
+      assert.deepEqual(leaseOrder(all(), 1, () => false, 1).map(x => x.did), [c.id, b.id, d.id, a.id])
     })
   })
 })
