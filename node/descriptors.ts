@@ -959,12 +959,13 @@ export const descriptorsFeature: FeatureFactory = (node, init) => {
    * WARM_REGIONS nearest other regions, the node an allocation there would lease on now (the
    * first of leaseOrder) is kept connected with a lease stream open, so a node's first allocation
    * in a region is one round trip, not a dial and a protocol negotiation (the 100-node
-   * simulation, which allocates in random regions from random nodes: p99 0.7-1.0 s before).
-   * Only that one node a region: a region has many nodes, and warming the ones an estimate
-   * merely might place nearer dialled most of them (tried: 63 connections a node instead of 28
-   * at 100 nodes in 8 regions, as estimates of far nodes moved). leaseOrder moves to an
-   * unconnected node only when its estimate is clearly nearer than the one measured, so the
-   * warmed node seldom changes.
+   * simulation, which allocates in random regions from random nodes: p99 0.7-1.5 s before,
+   * 0.3-0.6 s after, with ESTIMATE_DOUBT). Only that one node a region: a region has many nodes,
+   * and warming the ones an estimate merely might place nearer dialled most of them (tried: 63
+   * connections a node instead of 28 at 100 nodes in 8 regions, as estimates of far nodes
+   * moved). leaseOrder moves to an unconnected node only when its estimate is clearly nearer than
+   * the one measured, so the warmed node seldom changes (bench:registry at 100 nodes: 40
+   * connections a node instead of 32).
    */
   function regionTargets (all: EdgeNodeDescriptor[]): EdgeNodeDescriptor[] {
     const regions = new Set(all.map(d => d.region))
