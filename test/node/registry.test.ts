@@ -232,6 +232,10 @@ describe('allocation over links of different latency (in-process nodes on @libp2
     return node
   }
 
+  /** Whether `from` has a lease stream open to `to` (allocations and anticipation open them; probes and gossip do not). */
+  const leaseStreamFrom = (from: MeshNode, to: MeshNode, protocol: string): boolean => from.libp2p.getConnections(to.libp2p.peerId)
+    .some(c => c.streams.some(s => s.protocol === protocol))
+
   it('picks the lowest-latency eligible node, and the latency bound excludes slow links', async () => {
     const { descriptorsOf } = await import('../../node/descriptors.ts')
     const far = await make('far', 'eu-west', 30)
@@ -278,8 +282,7 @@ describe('allocation over links of different latency (in-process nodes on @libp2
     const gpu = await make('warm-gpu', 'eu-west', 5, [`/memory/${tag}-warm-seed`], { accelerators: [{ kind: 'gpu', model: 'L4', memoryMb: 24_576 }] })
     const q = await make('warm-q', 'eu-west', 1, [`/memory/${tag}-warm-seed`])
     const registry = descriptorsOf(q)
-    const leaseStreamTo = (node: MeshNode): boolean => q.libp2p.getConnections(node.libp2p.peerId)
-      .some(c => c.streams.some(s => s.protocol === leaseProtocol(q.network)))
+    const leaseStreamTo = (node: MeshNode): boolean => leaseStreamFrom(q, node, leaseProtocol(q.network))
     // Q has allocated nothing; only anticipation opens a lease stream (probes and gossip do not).
     await waitFor('Q to open a lease stream to the GPU node', () => leaseStreamTo(gpu), 30_000)
     assert.equal(leaseStreamTo(seed), false, 'a node with no accelerator is not warmed')
@@ -297,8 +300,7 @@ describe('allocation over links of different latency (in-process nodes on @libp2
     const home = await make('rw-home', 'ap-south', 1)
     const q = await make('rw-q', 'ap-south', 1, ['rw-eu-near', 'rw-eu-far', 'rw-us', 'rw-home'].map(n => `/memory/${tag}-${n}`))
     const registry = descriptorsOf(q)
-    const leaseStreamTo = (node: MeshNode): boolean => q.libp2p.getConnections(node.libp2p.peerId)
-      .some(c => c.streams.some(s => s.protocol === leaseProtocol(q.network)))
+    const leaseStreamTo = (node: MeshNode): boolean => leaseStreamFrom(q, node, leaseProtocol(q.network))
     // Q has allocated nothing and no node has an accelerator: only region anticipation opens lease
     // streams. eu-west's is the nearer of its two nodes once both are measured.
     await waitFor('Q to open lease streams to the nearer eu-west node and to the us-east one', () => leaseStreamTo(euNear) && leaseStreamTo(us), 30_000)
