@@ -24,10 +24,12 @@ import { createHelia, withLibp2p } from './helia-light.ts'
 import { dhtProtocol, gossipProtocols, libp2pOptions, protocolPrefix } from './libp2p.ts'
 import { UserError } from './errors.ts'
 import { componentLogger } from './quiet-logger.ts'
+import { reconnector } from './reconnect.ts'
 import type { Community } from './community.ts'
 import type { Feature, FeatureList } from './feature.ts'
 import type { Libp2pInit, MeshServices } from './libp2p.ts'
 import type { Membership } from '../protocols/membership.ts'
+import type { Reconnector } from './reconnect.ts'
 import type { RevocationSync } from '../protocols/revocations.ts'
 import type { BitswapOptions } from '@helia/bitswap'
 import type { HeliaWithLibp2p } from '@helia/libp2p'
@@ -112,6 +114,8 @@ export class MeshNode {
   /** Peers refused (wrong network, failed membership), by peer ID, until a time (ms). */
   private readonly denied = new Map<string, { until: number, reason: string }>()
   private keeper?: ReturnType<typeof setInterval>
+  /** Dials peers whose connection broke (not ones that hung up) again, with backoff. */
+  reconnects?: Reconnector
   private stopping = false
   private keeping = false
   private selfQueried: Promise<void> = Promise.resolve()
@@ -230,6 +234,12 @@ export class MeshNode {
     await this.dialBootstrap()
     this.keeper = setInterval(() => { void this.keepPeers() }, 10_000)
     this.keeper.unref()
+    this.reconnects = reconnector(this.libp2p, async (peer) => {
+      if ((this.denied.get(peer.toString())?.until ?? 0) > Date.now()) return false
+      const known = await this.libp2p.peerStore.get(peer).catch(() => undefined)
+      return known?.protocols.includes(dhtProtocol(this.network)) === true
+    })
+    this.reconnects.start()
   }
 
   /**
@@ -414,6 +424,7 @@ export class MeshNode {
     this.stopping = true
     this.lifetime.abort()
     if (this.keeper != null) clearInterval(this.keeper)
+    this.reconnects?.stop()
     // Only what started stops: a node whose start failed (a port in use) has nothing to undo there.
     for (const feature of this.started.splice(0).reverse()) {
       await feature.stop?.().catch((err: Error) => { process.emitWarning(`stopping a feature: ${err.message}`) })

@@ -517,6 +517,14 @@ if (HAS_DOCS) {
   const deadline = healAt + CONVERGE_BOUND_S * 1000
   for (;;) {
     finalViews = await views()
+    if (process.env.SIM_DEBUG != null) {
+      // How the heal spreads: the distinct states of each document and how many nodes hold each.
+      for (const id of DOC_IDS) {
+        const counts = new Map<string, number>()
+        for (const v of finalViews.values()) counts.set(v.get(id)!.state, (counts.get(v.get(id)!.state) ?? 0) + 1)
+        log(`DEBUG ${Math.round(performance.now() - healAt)} ms after the heal, ${id}: ${counts.size} state(s), held by ${[...counts.values()].sort((a, b) => b - a).join(', ')} nodes`)
+      }
+    }
     if (isConverged(finalViews)) {
       convergenceMs = performance.now() - healAt
       break

@@ -205,17 +205,20 @@ export class Cluster {
     }
   }
 
-  /** Splits the mesh: `sideOf` gives each slot its side; cross connections are hung up. */
+  /**
+   * Splits the mesh: `sideOf` gives each slot its side; cross connections break (aborted with an
+   * error, as a failed link is seen, not closed as a peer hanging up would).
+   */
   async partition (sideOf: (slot: SimNodeSlot) => number): Promise<void> {
     this.sides = new Map(this.slots.map(s => [s.index, sideOf(s)]))
     this.partitionEpoch++
     const bySide = new Map(this.slots.map(s => [s.peerId, this.sideOf(s)]))
-    await Promise.all(this.live().map(async (slot) => {
+    for (const slot of this.live()) {
       const mine = this.sideOf(slot)
-      const node = slot.node!
-      const across = new Set(node.libp2p.getConnections().map(c => c.remotePeer).filter(p => bySide.get(p.toString()) !== mine))
-      await Promise.all([...across].map(async p => node.libp2p.hangUp(p).catch(() => {})))
-    }))
+      for (const c of slot.node!.libp2p.getConnections()) {
+        if (bySide.get(c.remotePeer.toString()) !== mine) c.abort(new Error('partitioned'))
+      }
+    }
   }
 
   /** Puts a slot that (re)joins during a split on a side. */
