@@ -15,7 +15,7 @@
 // at a time. A peer is forgotten after FORGET_AFTER_MS, or once connected by any means. In a mesh
 // of N nodes split in two, some retry lands within about RETRY_MAX_MS / N of the heal, and its
 // sync and gossip relay carry the rest (the 100-node simulation, a split with no link left
-// across: first data across 0.25-0.5 s after the heal, every node converged 0.7-1.1 s after it).
+// across: first data across 0.2-0.8 s after the heal, every node converged 0.7-1.1 s after it).
 // Tried and dropped: every broken peer on its own schedule (~7,000 extra refused dials over a 20 s
 // split, then ~10 handshakes and document syncs per node at once at the heal: convergence 4.2 s),
 // and stopping at the first link back (a node whose first success was a same-side peer stopped
