@@ -5,14 +5,7 @@ import { after, before, describe, it } from 'node:test'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { dhtProtocol } from '../../node/libp2p.ts'
 import { MeshNode } from '../../node/mesh-node.ts'
-
-async function waitFor (what: string, check: () => Promise<boolean> | boolean, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise(resolve => setTimeout(resolve, 50))
-  }
-}
+import { waitFor } from '../helpers/process.ts'
 
 describe('reconnecting broken links', () => {
   const nodes: MeshNode[] = []
