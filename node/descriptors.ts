@@ -957,15 +957,12 @@ export const descriptorsFeature: FeatureFactory = (node, init) => {
    * The other workload a node is likely to run before it has run any: `region = R`, the
    * constraint placement names most (data sovereignty, nearness to a region's users). For the
    * WARM_REGIONS nearest other regions, the node an allocation there would lease on now (the
-   * first of leaseOrder) is kept connected with a lease stream open, so a node's first allocation
-   * in a region is one round trip, not a dial and a protocol negotiation (the 100-node
-   * simulation, which allocates in random regions from random nodes: p99 0.7-1.5 s before,
-   * 0.3-0.6 s after, with ESTIMATE_DOUBT). Only that one node a region: a region has many nodes,
-   * and warming the ones an estimate merely might place nearer dialled most of them (tried: 63
-   * connections a node instead of 28 at 100 nodes in 8 regions, as estimates of far nodes
-   * moved). leaseOrder moves to an unconnected node only when its estimate is clearly nearer than
-   * the one measured, so the warmed node seldom changes (bench:registry at 100 nodes: 40
-   * connections a node instead of 32).
+   * first of leaseOrder), if it is connected, is kept measured with a lease stream open, so a
+   * node's first allocation in a region is one round trip (the 100-node simulation, which
+   * allocates in random regions from random nodes: p99 0.7-1.5 s before, 0.3-0.6 s after, with
+   * ESTIMATE_DOUBT). Never a dial for it: dialling each region's likeliest node cost 40-41
+   * connections a node instead of 32 at 100 nodes in 8 regions and pushed bench:registry's
+   * allocation p99 over 50 ms (and warming every node an estimate might place nearer, 63).
    */
   function regionTargets (all: EdgeNodeDescriptor[]): EdgeNodeDescriptor[] {
     const regions = new Set(all.map(d => d.region))
@@ -974,7 +971,7 @@ export const descriptorsFeature: FeatureFactory = (node, init) => {
     for (const r of regions) {
       const ranked = rankAll(all, [{ field: 'region', op: '=', value: r }], 1)
       const first = leaseOrder(ranked, 1, connectedChoice, ESTIMATE_DOUBT)[0]
-      if (first?.latencyMs !== undefined) firsts.push(first)
+      if (first?.latencyMs !== undefined && isConnected(first.descriptor)) firsts.push(first)
     }
     return firsts.sort((a, b) => a.latencyMs! - b.latencyMs!).slice(0, WARM_REGIONS).map(c => c.descriptor)
   }
