@@ -891,11 +891,7 @@ export const descriptorsFeature: FeatureFactory = (node, init) => {
     return window.filter(c => c.latencySource === 'estimated' && c.latencyMs !== undefined && c.latencyMs <= bar * 1.5 + 2)
   }
 
-  const connectedChoice = (c: Choice): boolean => isConnected(c.descriptor)
-
-  function isConnected (d: EdgeNodeDescriptor): boolean {
-    return node.libp2p.getConnections(peerIdFromString(d.peerId)).length > 0
-  }
+  const connectedChoice = (c: Choice): boolean => node.libp2p.getConnections(peerIdFromString(c.descriptor.peerId)).length > 0
 
   /** One probe to a node now, dialling it from its descriptor's addresses if need be. */
   async function measureNow (d: EdgeNodeDescriptor, signal: AbortSignal): Promise<void> {
@@ -971,7 +967,7 @@ export const descriptorsFeature: FeatureFactory = (node, init) => {
     for (const r of regions) {
       const ranked = rankAll(all, [{ field: 'region', op: '=', value: r }], 1)
       const first = leaseOrder(ranked, 1, connectedChoice, ESTIMATE_DOUBT)[0]
-      if (first?.latencyMs !== undefined && isConnected(first.descriptor)) firsts.push(first)
+      if (first?.latencyMs !== undefined && connectedChoice(first)) firsts.push(first)
     }
     return firsts.sort((a, b) => a.latencyMs! - b.latencyMs!).slice(0, WARM_REGIONS).map(c => c.descriptor)
   }
