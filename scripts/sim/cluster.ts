@@ -1,27 +1,48 @@
-// The simulated mesh: MeshNodes in one process on `@libp2p/memory`, each with its own injected
-// latency, that leave (stop), come back (restart with the same key and repo) or join anew, and a
-// partition switch. A partition is enforced in the transport: every node's memory transport is
-// wrapped so a dial to a node on the other side fails, and the cluster hangs up every connection
-// across the split; healing just lifts the dial ban (the nodes reconnect on their own).
+// One thread's share of the simulated mesh: MeshNodes with their own injected latency, that leave
+// (stop), come back (restart with the same key, address and repo) or join anew, and the operations
+// of the workload run on them. The coordinator (`mesh.ts`) decides which node does what; this file
+// holds the nodes.
+//
+// Transport: with every node in one thread, `@libp2p/memory`; with the mesh spread over several
+// threads, real TCP on 127.0.0.1 (one fixed port per node, so a restart keeps its address), as
+// memory connections cannot cross threads. Either way the node's latency is added to every buffer
+// it sends, and a partition is enforced in the transport: a dial to a node on the other side fails,
+// and every connection across the split is aborted (as a failed link is seen, not closed as a peer
+// hanging up would). Healing just lifts the dial ban; the nodes reconnect on their own.
 import { mkdir, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { ConnectionFailedError } from '@libp2p/interface'
 import { memory } from '@libp2p/memory'
-import { peerIdFromPrivateKey } from '@libp2p/peer-id'
-import { descriptorsFeature } from '../../node/descriptors.ts'
-import { documents } from '../../node/documents.ts'
+import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id'
+import { descriptorsFeature, descriptorsOf } from '../../node/descriptors.ts'
+import { DATA_MAP, documents, documentsOf } from '../../node/documents.ts'
 import { MeshNode } from '../../node/mesh-node.ts'
+import { tcp } from '../../node/tcp.ts'
+import { parseConstraints } from '../../registry/constraints.ts'
 import type { FeatureList } from '../../node/feature.ts'
 import type { PrivateKey, Transport } from '@libp2p/interface'
 import type { Multiaddr } from '@multiformats/multiaddr'
+import type { Uint8ArrayList } from 'uint8arraylist'
 
 export const NETWORK = 'sim'
 
-export interface SimNodeSlot {
-  /** Stable index: a restarted node keeps it (and its key, address and repo). */
+export interface ClusterInit {
+  runId: string
+  dir: string
+  features: string[]
+  /** 'memory' when every node is in this thread; 'tcp' (port basePort + index) when not. */
+  transport: 'memory' | 'tcp'
+  basePort?: number
+  /** Documents every node opens once started (as replicas, not editors). */
+  docIds?: string[]
+  minPeers?: number
+  descriptorPingMs?: number
+  slots?: number
+}
+
+export interface HostedNode {
   index: number
-  name: string
   address: string
   key: PrivateKey
   peerId: string
@@ -29,97 +50,111 @@ export interface SimNodeSlot {
   region: string
   repoPath: string
   node?: MeshNode
-  /** performance.now() when the current incarnation finished starting; undefined while down. */
-  upSince?: number
-  /** Bumped on every start and stop, so an operation can tell its node or target changed under it. */
-  incarnation: number
-  starting: boolean
-  /** Its node is stopping: it cannot start again until its memory address is free. */
-  stopping: boolean
-  /** Times this slot was started (1 = first start). */
-  starts: number
 }
 
-export interface ClusterInit {
-  runId: string
-  dir: string
-  features: string[]
-  regions: string[]
-  minPeers?: number
-  descriptorPingMs?: number
-  slots?: number
+/** One operation's outcome, timed here (in the thread of the node that ran it). */
+export interface OpResult {
+  ok: boolean
+  ms: number
+  /** Why it failed: 'timeout', or the error's or the refusal's message. */
+  reason?: string
+  /** SIM_DEBUG: what to print about it. */
+  debug?: string
 }
+
+/** What every node of this thread has counted, summed. */
+export interface ClusterStats {
+  dialsRefused: number
+  descriptorsPublished: number
+  publishedBy: Record<string, number>
+  descriptorsReceived: number
+  docGossip: number
+}
+
+const failureReason = (err: any): string =>
+  err?.name === 'TimeoutError' || err?.name === 'AbortError' ? 'timeout' : String(err?.message ?? err)
 
 export class Cluster {
-  readonly slots: SimNodeSlot[] = []
-  private readonly byAddress = new Map<string, SimNodeSlot>()
-  /** Side of each slot index while split; empty when whole. */
-  private sides = new Map<number, number>()
-  partitionEpoch = 0
-  readonly init: ClusterInit
+  readonly nodes = new Map<number, HostedNode>()
+  private readonly init: ClusterInit
+  /** Side of every node of the mesh (all threads'), by index and by peer ID; empty when whole. */
+  private sideByIndex = new Map<number, number>()
+  private sideByPeer = new Map<string, number>()
   dialsRefused = 0
 
   constructor (init: ClusterInit) {
     this.init = init
   }
 
-  get split (): boolean {
-    return this.sides.size > 0
+  addressOf (index: number): string {
+    return this.init.transport === 'memory'
+      ? `/memory/${this.init.runId}-${index}`
+      : `/ip4/127.0.0.1/tcp/${this.init.basePort! + index}`
   }
 
-  sideOf (slot: SimNodeSlot): number {
-    return this.sides.get(slot.index) ?? 0
+  /** The mesh index an address belongs to (any thread's node). */
+  private indexOf (ma: Multiaddr): number | undefined {
+    const s = ma.toString()
+    const m = this.init.transport === 'memory'
+      ? new RegExp(`^/memory/${this.init.runId}-(\\d+)`).exec(s)
+      : /^\/ip4\/127\.0\.0\.1\/tcp\/(\d+)/.exec(s)
+    if (m == null) return undefined
+    return this.init.transport === 'memory' ? Number(m[1]) : Number(m[1]) - this.init.basePort!
   }
 
-  live (): SimNodeSlot[] {
-    return this.slots.filter(s => s.node != null && s.upSince != null)
-  }
-
-  /** Live nodes up for at least `ms`. */
-  settled (ms: number): SimNodeSlot[] {
-    const now = performance.now()
-    return this.live().filter(s => now - s.upSince! >= ms)
-  }
-
-  down (): SimNodeSlot[] {
-    return this.slots.filter(s => s.node == null && !s.starting && !s.stopping)
-  }
-
-  async addSlot (latencyMs: number, region: string): Promise<SimNodeSlot> {
+  async add (index: number, latencyMs: number, region: string): Promise<{ peerId: string, address: string }> {
+    if (this.nodes.has(index)) throw new Error(`node ${index} exists already`)
     const key = await generateKeyPair('Ed25519')
-    // The index is taken after the last await: two slots added at once must not share it (nor
-    // its name, memory address and repo).
-    const index = this.slots.length
-    const name = `${this.init.runId}-${index}`
     const repoPath = join(this.init.dir, String(index))
-    const slot: SimNodeSlot = {
-      index, name, address: `/memory/${name}`, key, peerId: peerIdFromPrivateKey(key).toString(),
-      latencyMs, region, repoPath, incarnation: 0, starting: false, stopping: false, starts: 0
-    }
-    this.slots.push(slot)
-    this.byAddress.set(slot.address, slot)
     await mkdir(repoPath, { recursive: true })
-    return slot
+    const hosted: HostedNode = { index, address: this.addressOf(index), key, peerId: peerIdFromPrivateKey(key).toString(), latencyMs, region, repoPath }
+    this.nodes.set(index, hosted)
+    return { peerId: hosted.peerId, address: hosted.address }
+  }
+
+  private get (index: number): HostedNode {
+    const h = this.nodes.get(index)
+    if (h == null) throw new Error(`no node ${index} in this thread`)
+    return h
+  }
+
+  private running (index: number): MeshNode {
+    const node = this.get(index).node
+    if (node == null) throw new Error(`node ${index} is not running`)
+    return node
   }
 
   /**
-   * The memory transport of one node, refusing dials across the partition, with the node's latency
-   * added to every buffer it sends. `memory({ latency })` delays buffers one after another (each
-   * waits for the one before it), which caps a connection at 1000/latency buffers a second: at
-   * 40 ms, 25 a second for DHT, gossip, pings and documents together, so queues grow without end.
-   * Here every buffer leaves `latencyMs` after it was sent, in order (equal timeouts fire in order):
-   * a link with a delay, not a throttle. RTT between two nodes is the sum of their latencies.
+   * The node's transport, refusing dials across the partition, with the node's latency added to
+   * every buffer it sends. `memory({ latency })` delays buffers one after another (each waits for
+   * the one before it), which caps a connection at 1000/latency buffers a second: at 40 ms, 25 a
+   * second for DHT, gossip, pings and documents together, so queues grow without end. Here every
+   * buffer leaves `latencyMs` after it was sent, in order (equal timeouts fire in order): a link
+   * with a delay, not a throttle. RTT between two nodes is the sum of their latencies.
    */
-  private transport (slot: SimNodeSlot): (components: any) => Transport {
-    const factory = memory()
+  private transport (hosted: HostedNode): (components: any) => Transport {
+    const factory = this.init.transport === 'memory' ? memory() : tcp()
     const delayed = (maConn: any): any => {
-      const latency = slot.latencyMs
+      const latency = hosted.latencyMs
       if (latency <= 0) return maConn
       const sendData = maConn.sendData.bind(maConn)
       const sendClose = maConn.sendClose.bind(maConn)
       const sendReset = maConn.sendReset.bind(maConn)
-      maConn.sendData = (data: any) => {
-        setTimeout(() => { try { sendData(data) } catch {} }, latency)
+      maConn.sendData = (data: Uint8ArrayList) => {
+        setTimeout(() => {
+          try {
+            // All of it: TCP's sendData stops at the first write the socket reports as full and
+            // says how much it took, for the caller to queue the rest, but this caller was told
+            // everything went (and a socket queues what it is given in any case). Dropping the
+            // rest cut Noise frames short, and their connections broke on decryption errors.
+            let rest = data
+            while (rest.byteLength > 0) {
+              const { sentBytes } = sendData(rest)
+              if (sentBytes <= 0 || sentBytes >= rest.byteLength) break
+              rest = rest.sublist(sentBytes)
+            }
+          } catch {}
+        }, latency)
         return { sentBytes: data.byteLength, canSendMore: true }
       }
       maConn.sendClose = async (options: any) => {
@@ -139,10 +174,10 @@ export class Cluster {
       const dial = t.dial.bind(t)
       const createListener = t.createListener.bind(t)
       t.dial = async (ma: Multiaddr, options: any) => {
-        const target = this.byAddress.get(ma.toString().replace(/\/p2p\/.*$/, ''))
-        if (target != null && this.sides.size > 0 && this.sideOf(target) !== this.sideOf(slot)) {
+        const target = this.indexOf(ma)
+        if (target != null && this.sideByIndex.size > 0 && this.sideByIndex.get(target) !== this.sideByIndex.get(hosted.index)) {
           this.dialsRefused++
-          throw new ConnectionFailedError(`partitioned: ${slot.name} cannot reach ${target.name}`)
+          throw new ConnectionFailedError(`partitioned: node ${hosted.index} cannot reach node ${target}`)
         }
         return await dial(ma, { ...options, upgrader: wrapUpgrader(options.upgrader) })
       }
@@ -158,92 +193,171 @@ export class Cluster {
     return list
   }
 
-  /** Starts (or restarts) a slot, bootstrapping from the given addresses. */
-  async start (slot: SimNodeSlot, bootstrap: string[]): Promise<void> {
-    if (slot.node != null || slot.starting || slot.stopping) throw new Error(`${slot.name} is already running`)
-    slot.starting = true
-    slot.incarnation++
+  /** Starts (or restarts) a node, bootstrapping from the given addresses, and opens the documents. */
+  async start (index: number, bootstrap: string[]): Promise<void> {
+    const hosted = this.get(index)
+    if (hosted.node != null) throw new Error(`node ${index} is already running`)
+    const node = new MeshNode({
+      privateKey: hosted.key,
+      network: NETWORK,
+      listen: [hosted.address],
+      bootstrap,
+      region: hosted.region,
+      transports: [this.transport(hosted)],
+      features: this.features(),
+      repoPath: hosted.repoPath,
+      minPeers: this.init.minPeers,
+      config: { descriptors: { pingIntervalMs: this.init.descriptorPingMs ?? 5_000, slots: this.init.slots ?? 4 } }
+    })
+    hosted.node = node
     try {
-      const node = new MeshNode({
-        privateKey: slot.key,
-        network: NETWORK,
-        listen: [slot.address],
-        bootstrap,
-        region: slot.region,
-        transports: [this.transport(slot)],
-        features: this.features(),
-        repoPath: slot.repoPath,
-        minPeers: this.init.minPeers,
-        config: { descriptors: { pingIntervalMs: this.init.descriptorPingMs ?? 5_000, slots: this.init.slots ?? 4 } }
-      })
-      slot.node = node
       await node.start()
-      slot.starts++
-      slot.upSince = performance.now()
     } catch (err) {
-      const node = slot.node
-      slot.node = undefined
-      slot.upSince = undefined
-      await node?.stop().catch(() => {})
+      hosted.node = undefined
+      await node.stop().catch(() => {})
       throw err
-    } finally {
-      slot.starting = false
+    }
+    if (this.init.features.includes('docs')) {
+      const docs = documentsOf(node)
+      await Promise.all((this.init.docIds ?? []).map(async id => docs.open(id, { signal: AbortSignal.timeout(5_000) }).catch(() => {})))
     }
   }
 
-  async stop (slot: SimNodeSlot): Promise<void> {
-    const node = slot.node
-    if (node == null) return
-    slot.upSince = undefined
-    slot.incarnation++
-    slot.node = undefined
-    slot.stopping = true
-    try {
-      await node.stop()
-    } finally {
-      slot.stopping = false
-    }
+  async stop (index: number): Promise<void> {
+    const hosted = this.get(index)
+    const node = hosted.node
+    hosted.node = undefined
+    await node?.stop()
   }
 
-  /**
-   * Splits the mesh: `sideOf` gives each slot its side; cross connections break (aborted with an
-   * error, as a failed link is seen, not closed as a peer hanging up would).
-   */
-  async partition (sideOf: (slot: SimNodeSlot) => number): Promise<void> {
-    this.sides = new Map(this.slots.map(s => [s.index, sideOf(s)]))
-    this.partitionEpoch++
-    const bySide = new Map(this.slots.map(s => [s.peerId, this.sideOf(s)]))
-    for (const slot of this.live()) {
-      const mine = this.sideOf(slot)
-      for (const c of slot.node!.libp2p.getConnections()) {
-        if (bySide.get(c.remotePeer.toString()) !== mine) c.abort(new Error('partitioned'))
+  /** Splits the mesh (`sides`: every node's side by index, and its peer ID), or heals it (null). */
+  setSides (sides: Array<[index: number, peerId: string, side: number]> | null): void {
+    this.sideByIndex = new Map((sides ?? []).map(([i, , s]) => [i, s]))
+    this.sideByPeer = new Map((sides ?? []).map(([, p, s]) => [p, s]))
+    if (sides == null) return
+    for (const h of this.nodes.values()) {
+      if (h.node == null) continue
+      const mine = this.sideByIndex.get(h.index)
+      for (const c of h.node.libp2p.getConnections()) {
+        if (this.sideByPeer.get(c.remotePeer.toString()) !== mine) c.abort(new Error('partitioned'))
       }
     }
   }
 
-  /** Puts a slot that (re)joins during a split on a side. */
-  assignSide (slot: SimNodeSlot, side: number): void {
-    if (this.sides.size > 0) this.sides.set(slot.index, side)
+  /** Connections of each running node. */
+  connections (): Array<[number, number]> {
+    return [...this.nodes.values()].filter(h => h.node != null).map(h => [h.index, h.node!.libp2p.getConnections().length])
   }
 
-  heal (): void {
-    this.sides = new Map()
-    this.partitionEpoch++
-  }
-
-  /** Connections that cross the current split (should be none shortly after a split). */
+  /** Connections that cross the current split. */
   crossConnections (): number {
-    if (!this.split) return 0
-    const side = new Map(this.slots.map(s => [s.peerId, this.sideOf(s)]))
+    if (this.sideByIndex.size === 0) return 0
     let n = 0
-    for (const slot of this.live()) {
-      for (const c of slot.node!.libp2p.getConnections()) if (side.get(c.remotePeer.toString()) !== this.sideOf(slot)) n++
+    for (const h of this.nodes.values()) {
+      if (h.node == null) continue
+      const mine = this.sideByIndex.get(h.index)
+      for (const c of h.node.libp2p.getConnections()) if (this.sideByPeer.get(c.remotePeer.toString()) !== mine) n++
     }
     return n
   }
 
+  async lookup (from: number, target: string, timeoutMs: number): Promise<OpResult> {
+    const node = this.running(from)
+    const started = performance.now()
+    try {
+      await node.findPeer(peerIdFromString(target), { signal: AbortSignal.timeout(timeoutMs) })
+      return { ok: true, ms: performance.now() - started }
+    } catch (err: any) {
+      const ms = performance.now() - started
+      const reason = failureReason(err).replace(/\(\d+ peers asked\)/, '(n peers asked)')
+      return { ok: false, ms, reason, debug: `failed after ${Math.round(ms)} ms: ${err?.message}; from has ${node.libp2p.getConnections().length} connections` }
+    }
+  }
+
+  /** What this thread's nodes know of a peer (SIM_DEBUG, for a failed lookup). */
+  async knowledgeOf (peerId: string): Promise<{ connected: number[], known: number }> {
+    const connected: number[] = []
+    let known = 0
+    for (const h of this.nodes.values()) {
+      if (h.node == null || h.peerId === peerId) continue
+      if (h.node.libp2p.getConnections().some(c => c.remotePeer.toString() === peerId)) connected.push(h.index)
+      if (await h.node.libp2p.peerStore.get(peerIdFromString(peerId)).then(p => p.addresses.length > 0, () => false)) known++
+    }
+    return { connected, known }
+  }
+
+  async allocate (from: number, region: string, timeoutMs: number): Promise<OpResult> {
+    const node = this.running(from)
+    const wasConnected = new Set(node.libp2p.getConnections().map(c => c.remotePeer.toString()))
+    const started = performance.now()
+    try {
+      const r = await descriptorsOf(node).allocate({
+        constraints: parseConstraints(`region = ${region}`),
+        count: 1,
+        ttlMs: 5_000,
+        signal: AbortSignal.timeout(timeoutMs)
+      })
+      const ms = performance.now() - started
+      if (!r.ok) return { ok: false, ms, reason: `${r.status}: ${r.explanation}`.replace(/did:key:\S+/g, 'did').slice(0, 80) }
+      const c = r.chosen[0]
+      const how = c.self ? 'self' : wasConnected.has(c.peerId) ? 'was connected' : 'dialled'
+      return { ok: true, ms, debug: `-> ${region} ${c.peerId.slice(-6)} (${how}, ${c.latencySource} ${c.latencyMs?.toFixed(1)} ms)` }
+    } catch (err: any) {
+      return { ok: false, ms: performance.now() - started, reason: failureReason(err) }
+    }
+  }
+
+  /** Sets one key of a document; resolves once the write is acknowledged (on disk). */
+  async write (from: number, doc: string, key: string, value: number, timeoutMs: number): Promise<OpResult> {
+    const node = this.running(from)
+    const started = performance.now()
+    try {
+      await documentsOf(node).set(doc, key, value, { signal: AbortSignal.timeout(timeoutMs) })
+      return { ok: true, ms: performance.now() - started }
+    } catch (err: any) {
+      return { ok: false, ms: performance.now() - started, reason: String(err?.message ?? err) }
+    }
+  }
+
+  /** Each running node's documents: their state as a string, and their keys. */
+  async views (docIds: string[]): Promise<Array<[number, Record<string, { state: string, keys: string[] }>]>> {
+    const result: Array<[number, Record<string, { state: string, keys: string[] }>]> = []
+    for (const h of this.nodes.values()) {
+      if (h.node == null) continue
+      const docs = documentsOf(h.node)
+      const perDoc: Record<string, { state: string, keys: string[] }> = {}
+      for (const id of docIds) {
+        try {
+          const doc = await docs.open(id, { signal: AbortSignal.timeout(2_000) })
+          const data = doc.getMap(DATA_MAP).toJSON() as Record<string, unknown>
+          const keys = Object.keys(data).sort()
+          perDoc[id] = { state: JSON.stringify(keys.map(k => [k, data[k]])), keys }
+        } catch {
+          perDoc[id] = { state: '<unavailable>', keys: [] }
+        }
+      }
+      result.push([h.index, perDoc])
+    }
+    return result
+  }
+
+  stats (): ClusterStats {
+    const s: ClusterStats = { dialsRefused: this.dialsRefused, descriptorsPublished: 0, publishedBy: {}, descriptorsReceived: 0, docGossip: 0 }
+    for (const h of this.nodes.values()) {
+      if (h.node == null) continue
+      if (this.init.features.includes('descriptors')) {
+        const st = descriptorsOf(h.node).stats()
+        s.descriptorsPublished += st.published
+        for (const [why, n] of Object.entries(st.publishedBy)) s.publishedBy[why] = (s.publishedBy[why] ?? 0) + n
+        s.descriptorsReceived += st.received.gossip + st.received.pull
+      }
+      if (this.init.features.includes('docs')) s.docGossip += documentsOf(h.node).sync.stats.gossip.received
+    }
+    return s
+  }
+
   async stopAll (): Promise<void> {
-    await Promise.all(this.slots.map(async s => this.stop(s).catch(() => {})))
+    await Promise.all([...this.nodes.keys()].map(async i => this.stop(i).catch(() => {})))
     await rm(this.init.dir, { recursive: true, force: true })
   }
 }
