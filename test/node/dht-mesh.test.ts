@@ -149,4 +149,36 @@ describe('a lookup whose DHT query ends without the target', () => {
     assertFound(found, t, 'T\'s listen address was found through N2')
     assert.ok(found.queried >= 2, `N1 (the query) and N2 (dialled by the second pass) were asked, got ${found.queried}`)
   })
+
+  it('asks the peers its neighbours named, when no neighbour knows the target', async () => {
+    // Q's table holds F alone, whose table is empty, so the query fails; Q's other neighbour N1
+    // does not know T either, but names N2, who does.
+    const { q, n1, n2, t } = await fourNodes(async ({ q, n1, n2, t }) =>
+      (await table(q).find(n1.peerId)) != null && (await table(n2).find(t.peerId)) != null)
+    await n1.connect(n2.libp2p.getMultiaddrs()[0].toString())
+    await waitFor('N2 in N1\'s table', async () => (await table(n1).find(n2.peerId)) != null)
+    const f = new MeshNode({ privateKey: await generateKeyPair('Ed25519'), gossip: false, minPeers: 0 })
+    nodes.push(f)
+    await f.start()
+    table(f).add = async () => {}
+    const addToQ = table(q).add.bind(table(q))
+    table(q).add = async () => {}
+    table(n1).add = async () => {}
+    await f.connect(q.libp2p.getMultiaddrs()[0].toString())
+    await table(q).remove(n1.peerId)
+    await addToQ(f.peerId)
+    await forget(q, [n2.peerId, t.peerId])
+    await forget(n1, [t.peerId])
+    await forget(f, [t.peerId])
+    assert.equal(await q.libp2p.peerStore.has(n2.peerId), false, 'Q must not know N2')
+    assert.equal(await q.libp2p.peerStore.has(t.peerId), false, 'Q must not know T')
+    assert.equal(await n1.libp2p.peerStore.has(t.peerId), false, 'N1 must not know T')
+    assert.equal(await f.libp2p.peerStore.has(t.peerId), false, 'F must not know T')
+    assert.equal(table(f).size, 0, 'F\'s table is empty')
+    assert.deepEqual([...table(q).kb.toIterable()].map((c: any) => c.peerId.toString()), [f.peerId.toString()], 'Q\'s table holds F alone')
+
+    const found = await q.findPeer(t.peerId, { signal: AbortSignal.timeout(LOOKUP_TIMEOUT) })
+    assertFound(found, t, 'T\'s listen address was found through N2, whom N1 named')
+    assert.ok(found.queried >= 3, `F (the query), N1 (its neighbour) and N2 (named by N1) were asked, got ${found.queried}`)
+  })
 })
