@@ -508,11 +508,12 @@ export class MeshNode {
    * With fewer than 16 such neighbours it also asks (and so dials) peers it knows the addresses of,
    * nearest the target first: a node churn had left with 3 connections, all asked, failed to find
    * a target connected to 16 nodes and known by address to a quarter of the mesh.
-   * If none of them knows the target, it asks (at most 16 of) the peers the answers (the query's and
-   * theirs) named, nearest the target first, whether or not they are nearer than the peer that
-   * named them (the query follows only those that are): in the 100-node simulation during a split, a node asked its 16
-   * neighbours, none of which knew a target held by 6 nodes and known by address to a quarter of
-   * the mesh (16 peers that each know it with p = 1/4 all miss it once in ~100 lookups).
+   * If none of them knows the target, it asks (at most 16 of) the peers the answers (the query's
+   * and theirs) named, nearest the target first, whether or not they are nearer than the peer that
+   * named them (the query follows only those that are). In the 100-node simulation during a split,
+   * a node asked its 16 neighbours, none of which knew a target held by 6 nodes and known by
+   * address to a quarter of the mesh (16 peers that each know it with p = 1/4 all miss it about
+   * once in 100 lookups).
    */
   private async askNeighbours (peer: PeerId, asked: Set<string>, named: Map<string, { id: PeerId, multiaddrs: Multiaddr[] }>, options: { signal?: AbortSignal }): Promise<Multiaddr[] | undefined> {
     const network = (this.libp2p.services.dht as any).network

@@ -62,6 +62,9 @@ export interface OpResult {
   debug?: string
 }
 
+/** Each running node's documents (by index): their state as a string, and their keys. */
+export type DocViews = Array<[index: number, Record<string, { state: string, keys: string[] }>]>
+
 /** What every node of this thread has counted, summed. */
 export interface ClusterStats {
   dialsRefused: number
@@ -320,8 +323,8 @@ export class Cluster {
   }
 
   /** Each running node's documents: their state as a string, and their keys. */
-  async views (docIds: string[]): Promise<Array<[number, Record<string, { state: string, keys: string[] }>]>> {
-    const result: Array<[number, Record<string, { state: string, keys: string[] }>]> = []
+  async views (docIds: string[]): Promise<DocViews> {
+    const result: DocViews = []
     for (const h of this.nodes.values()) {
       if (h.node == null) continue
       const docs = documentsOf(h.node)

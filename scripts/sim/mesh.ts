@@ -6,7 +6,7 @@
 import { rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Worker } from 'node:worker_threads'
-import type { ClusterInit, ClusterStats, OpResult } from './cluster.ts'
+import type { ClusterInit, ClusterStats, DocViews, OpResult } from './cluster.ts'
 
 export interface SimNodeSlot {
   /** Stable index: a restarted node keeps it (and its key, address and repo). */
@@ -216,8 +216,8 @@ export class SimMesh {
     return await this.call(from.thread, 'write', from.index, doc, key, value, timeoutMs)
   }
 
-  async views (docIds: string[]): Promise<Map<number, Record<string, { state: string, keys: string[] }>>> {
-    return new Map((await this.everywhere<Array<[number, Record<string, { state: string, keys: string[] }>]>>('views', docIds)).flat())
+  async views (docIds: string[]): Promise<Map<number, DocViews[number][1]>> {
+    return new Map((await this.everywhere<DocViews>('views', docIds)).flat())
   }
 
   async stats (): Promise<ClusterStats> {
