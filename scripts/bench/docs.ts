@@ -27,7 +27,6 @@ import net from 'node:net'
 import { availableParallelism, loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
-import { Worker } from 'node:worker_threads'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import * as decoding from 'lib0/decoding'
 import * as encoding from 'lib0/encoding'
@@ -42,6 +41,7 @@ import { tuneGarbageCollection } from '../../node/gc-tuning.ts'
 import { MeshNode } from '../../node/mesh-node.ts'
 import { median, percentile, prng, round, table } from './lib/stats.ts'
 import { countWireBytes } from './lib/wire.ts'
+import { WorkerClient } from './lib/worker-client.ts'
 import type { ShardData } from './docs-shard.ts'
 
 const { values: args } = parseArgs({
@@ -84,12 +84,10 @@ const wireBytes = countWireBytes()
 
 /** The worker threads of one setup, their replicas in contiguous blocks, and the keys they saw arrive. */
 class Shards {
-  readonly workers: Worker[] = []
+  readonly workers: WorkerClient[] = []
   readonly blocks: number[][] = []
   /** key → shards that have it on every replica, and when the last of them got it. */
   private readonly arrived = new Map<string, { shards: number, last: number }>()
-  private readonly pending = new Map<number, { resolve: (v: any) => void, reject: (e: Error) => void }>()
-  private nextId = 0
   readonly n: number
 
   constructor (n: number, data: Omit<ShardData, 'indices'>) {
@@ -99,23 +97,13 @@ class Shards {
       const indices: number[] = []
       for (let i = Math.floor(s * n / k); i < Math.floor((s + 1) * n / k); i++) indices.push(i)
       this.blocks.push(indices)
-      const worker = new Worker(new URL('./docs-shard.ts', import.meta.url), { workerData: { ...data, indices } satisfies ShardData })
-      worker.on('message', (m: any) => {
-        if (m.arrived != null) {
-          for (const [key, t] of m.arrived as Array<[string, number]>) {
-            const a = this.arrived.get(key)
-            if (a == null) this.arrived.set(key, { shards: 1, last: t })
-            else { a.shards++; a.last = Math.max(a.last, t) }
-          }
-          return
+      this.workers.push(new WorkerClient(new URL('./docs-shard.ts', import.meta.url), { ...data, indices } satisfies ShardData, (m: any) => {
+        for (const [key, t] of (m.arrived ?? []) as Array<[string, number]>) {
+          const a = this.arrived.get(key)
+          if (a == null) this.arrived.set(key, { shards: 1, last: t })
+          else { a.shards++; a.last = Math.max(a.last, t) }
         }
-        const p = this.pending.get(m.id)
-        this.pending.delete(m.id)
-        if (m.error != null) p?.reject(new Error(m.error))
-        else p?.resolve(m.value)
-      })
-      worker.on('error', (err) => { for (const p of this.pending.values()) p.reject(err); this.pending.clear() })
-      this.workers.push(worker)
+      }))
     }
   }
 
@@ -124,11 +112,7 @@ class Shards {
   }
 
   async call<T = unknown> (shard: number, op: string, args?: unknown): Promise<T> {
-    const id = this.nextId++
-    return new Promise<T>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject })
-      this.workers[shard].postMessage({ id, op, args })
-    })
+    return await this.workers[shard].call<T>(op, args)
   }
 
   async all<T = unknown> (op: string, args?: (shard: number) => unknown): Promise<T[]> {

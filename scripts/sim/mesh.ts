@@ -5,7 +5,7 @@
 // thread cannot reach another's memory transport.
 import { rm } from 'node:fs/promises'
 import { join } from 'node:path'
-import { Worker } from 'node:worker_threads'
+import { WorkerClient } from '../bench/lib/worker-client.ts'
 import type { ClusterInit, ClusterStats, DocViews, OpResult } from './cluster.ts'
 
 export interface SimNodeSlot {
@@ -49,10 +49,7 @@ export class SimMesh {
   partitionEpoch = 0
   private sides = new Map<number, number>()
   private nextIndex = 0
-  private readonly workers: Worker[]
-  private readonly pending = new Map<number, { resolve: (v: any) => void, reject: (e: Error) => void }>()
-  private nextId = 0
-  private dead?: Error
+  private readonly workers: WorkerClient[]
   private readonly dir: string
 
   constructor (init: SimMeshInit) {
@@ -70,32 +67,12 @@ export class SimMesh {
         docIds: init.docIds,
         minPeers: init.minPeers
       }
-      const worker = new Worker(new URL('./shard.ts', import.meta.url), { workerData: data })
-      worker.on('message', (m: { id: number, value?: unknown, error?: string }) => {
-        const p = this.pending.get(m.id)
-        if (p == null) return
-        this.pending.delete(m.id)
-        if (m.error != null) p.reject(new Error(m.error))
-        else p.resolve(m.value)
-      })
-      // A thread that died fails every command in flight and every one after.
-      worker.on('error', (err) => { this.dead ??= err })
-      worker.on('exit', (code) => {
-        this.dead ??= new Error(`simulation thread ${t} exited (${code})`)
-        for (const p of this.pending.values()) p.reject(this.dead)
-        this.pending.clear()
-      })
-      return worker
+      return new WorkerClient(new URL('./shard.ts', import.meta.url), data)
     })
   }
 
   private async call<T> (thread: number, op: string, ...args: unknown[]): Promise<T> {
-    const id = this.nextId++
-    if (this.dead != null) throw this.dead
-    return await new Promise<T>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject })
-      this.workers[thread].postMessage({ id, op, args })
-    })
+    return await this.workers[thread].call<T>(op, args)
   }
 
   private async everywhere<T> (op: string, ...args: unknown[]): Promise<T[]> {

@@ -2,7 +2,8 @@
 // the coordinator's commands on them (`mesh.ts`). Several threads let N nodes on one machine use
 // all its cores, as N machines would, instead of taking turns on one event loop.
 //
-// Messages: the coordinator sends `{ id, op, args }` and gets `{ id, value }` or `{ id, error }`.
+// Messages (../bench/lib/worker-client.ts): `{ id, op, args }` in, args the method's arguments as
+// an array; `{ id, value }` or `{ id, error }` out.
 // `op` is a method of the cluster, or one of the thread's own: `loadStart`, `loadStop` (this
 // thread's event-loop lag over the window), `noise` (the node warnings and stray errors it counted).
 import { monitorEventLoopDelay } from 'node:perf_hooks'
